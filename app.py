@@ -1,0 +1,77 @@
+"""Composition root: configuration, tools and the web app, and ``python app.py`` to serve.
+
+Nothing reads the environment at import time: ``main()`` (or ``create_app()`` under
+``uvicorn app:create_app --factory``) loads ``.env`` and builds everything from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import uvicorn
+from dotenv import load_dotenv
+from starlette.applications import Starlette
+
+from relay.config import Settings
+from relay.errors import ConfigError, ToolError
+from relay.web import create_app as create_web_app
+from tools.registry import load_tools
+
+log = logging.getLogger("relay")
+
+# Twilio's largest message is `start` with its <Parameter>s: a few KiB.
+TWILIO_MAX_MESSAGE = 64 * 1024
+
+
+def load_settings() -> Settings:
+    load_dotenv()
+    return Settings.from_env(os.environ)
+
+
+def build(settings: Settings) -> Starlette:
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    registry = load_tools()
+    if settings.local_agent:
+        log.info("agent: the built-in local agent (echo test; no ASSEMBLYAI_API_KEY is set). "
+                 "Set ASSEMBLYAI_API_KEY in .env to talk to AssemblyAI's Voice Agent API.")
+    else:
+        log.info("agent: AssemblyAI Voice Agent API at %s", settings.agent_ws_url)
+    if not settings.verify_signatures:
+        log.warning("TWILIO_AUTH_TOKEN is not set: Twilio signatures cannot be checked, so "
+                    "only clients on this machine may place calls (local use only)")
+    log.info("tools: %s", ", ".join(registry.names()) or "none")
+    log.info("Twilio voice webhook: POST %s/twiml; media stream: %s",
+             settings.public_base, settings.stream_url)
+    return create_web_app(settings, registry)
+
+
+def create_app() -> Starlette:
+    """App factory for ``uvicorn app:create_app --factory``."""
+    return build(load_settings())
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+        app = build(settings)
+    except (ConfigError, ToolError) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        ws_max_size=TWILIO_MAX_MESSAGE,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The relay under test as its own process: started, pinned, probed and stopped.
+
+``ours`` is started as a user would, ``python app.py`` in the project root configured only by
+environment variables; ``floor`` is ``python -m relay.bench.floor``. Both are pinned to core 0
+when the machine has two cores or more, and read through their own CPU and memory counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+RELAY_CORE = 0
+LOAD_CORE = 1
+BENCH_TOKEN = "bench-" + secrets.token_hex(16)
+BENCH_ACCOUNT = "AC" + secrets.token_hex(16)
+GREETING = "Hello from the benchmark."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def can_pin() -> bool:
+    return hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+
+
+@dataclass
+class CpuSample:
+    at: float
+    cpu: float
+
+
+class RelayProcess:
+    """One relay process; ``kind`` is ``"ours"`` or ``"floor"``."""
+
+    def __init__(self, kind: str, agent_url: str, log_path: Path, *, greeting: bool = False,
+                 pin: bool = True) -> None:
+        self.kind = kind
+        self.agent_url = agent_url
+        self.log_path = log_path
+        self.greeting = greeting
+        self.pin = pin and can_pin()
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ps: psutil.Process | None = None
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        env = dict(os.environ)
+        if self.kind == "ours":
+            env.update({
+                "HOST": "127.0.0.1", "PORT": str(self.port), "PUBLIC_URL": self.base_url,
+                "TWILIO_AUTH_TOKEN": BENCH_TOKEN, "TWILIO_ACCOUNT_SID": BENCH_ACCOUNT,
+                "ASSEMBLYAI_API_KEY": "bench-key", "AGENT_WS_URL": self.agent_url,
+                "AGENT_GREETING": GREETING if self.greeting else "", "LOG_LEVEL": "INFO",
+            })
+            return [sys.executable, "app.py"], env
+        env["ASSEMBLYAI_API_KEY"] = "bench-key"
+        return [sys.executable, "-m", "relay.bench.floor", "--host", "127.0.0.1",
+                "--port", str(self.port), "--agent-url", self.agent_url], env
+
+    async def start(self, timeout: float = 20.0) -> None:
+        """Spawn, pin to the relay core, and poll ``/healthz`` until it answers 200."""
+        argv, env = self.command()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if self.pin:
+            os.sched_setaffinity(self.proc.pid, {RELAY_CORE})
+        self.ps = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.kind} relay exited with {self.proc.returncode}:\n"
+                                       + self.log_tail())
+                try:
+                    if (await client.get(self.base_url + "/healthz")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+        await self.stop()
+        raise RuntimeError(f"{self.kind} relay not healthy within {timeout} s:\n"
+                           + self.log_tail())
+
+    def _procs(self) -> list[psutil.Process]:
+        assert self.ps is not None
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.Error:
+            return [self.ps]
+
+    def cpu(self) -> CpuSample:
+        """User + system CPU seconds of the relay (and any children it started)."""
+        total = 0.0
+        for p in self._procs():
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return CpuSample(time.monotonic(), total)
+
+    def rss(self) -> int:
+        total = 0
+        for p in self._procs():
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    async def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; return the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def log_findings(self, limit: int = 10) -> dict[str, object]:
+        """Counts of warning/error lines and tracebacks in the relay's output, with examples."""
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return {}
+        bad = [line for line in text if any(w in line for w in ("ERROR", "Traceback",
+                                                                  "CRITICAL", "Exception"))]
+        warn = [line for line in text if "WARNING" in line]
+        return {"lines": len(text), "errors": len(bad), "warnings": len(warn),
+                "examples": [line[:300] for line in (bad + warn)[:limit]]}
+
+
+def steal_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from /proc/stat, or (0, 0) where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    steal = fields[7] if len(fields) > 7 else 0
+    return steal, sum(fields[:8])

@@ -1,0 +1,395 @@
+"""CallBridge: the one owner of a call's two sockets, its tasks and its timeouts.
+
+The bridge decodes JSON, feeds ``CallProtocol`` and performs the actions it returns. It holds
+one ``asyncio.TaskGroup`` per call: the two pumps, the tools and the hang-up deadline all live
+in it, so ending the call ends every task of the call. A pump finishes the call by raising
+``CallEnded`` (the TaskGroup "terminate" recipe); teardown then ends the agent session
+(``session.end``, so billing stops at once) and closes both sockets.
+
+The agent socket is opened by ``AgentLeg`` as soon as Twilio's upgrade is accepted, so the
+network handshake overlaps Twilio's ``connected``/``start``; ``session.update`` is sent only
+once ``start`` carried a valid per-call token, so a forged stream never opens a session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from twilio.base.exceptions import TwilioException
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
+
+from relay import agent_messages
+from relay.config import Settings
+from relay.errors import ProtocolViolation
+from relay.protocol import (
+    Action,
+    CallProtocol,
+    EndCall,
+    Finish,
+    Log,
+    RunTool,
+    ToAgent,
+    ToTwilio,
+    Transfer,
+)
+from relay.security import StreamTokens
+from tools.registry import CallInfo, Registry, ToolContext
+
+logger = logging.getLogger("relay.call")
+AGENT_MAX_MESSAGE = 1 << 20
+
+# Transfers a call to a number through Twilio's REST API; set when credentials are configured.
+Transferrer = Callable[[str, str], Awaitable[None]]
+
+
+class CallEnded(Exception):
+    """A peer or the relay finished the call; the message is the reason."""
+
+    def __init__(self, reason: str, close_code: int = 1000) -> None:
+        super().__init__(reason)
+        self.close_code = close_code
+
+
+class CallLog(logging.LoggerAdapter[logging.Logger]):
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self.extra['call'] if self.extra else '-'}] {msg}", kwargs
+
+
+class CallBridge:
+    def __init__(
+        self,
+        twilio_ws: WebSocket,
+        *,
+        settings: Settings,
+        registry: Registry,
+        http: Any,
+        tokens: StreamTokens,
+        purpose: str = "twilio",
+        transfer: Transferrer | None = None,
+    ) -> None:
+        self._twilio = twilio_ws
+        self._settings = settings
+        self._registry = registry
+        self._http = http
+        self._tokens = tokens
+        self._purpose = purpose
+        self._transfer = transfer
+        self.protocol = CallProtocol(
+            session_update=agent_messages.session_update(
+                system_prompt=settings.agent_system_prompt,
+                greeting=settings.agent_greeting,
+                voice=settings.agent_voice,
+                tools=registry.specs,
+            ),
+            tool_result_timing=settings.tool_result_timing,
+        )
+        self._agent: ClientConnection | None = None
+        self._session_opened = False
+        self._tg: asyncio.TaskGroup | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.get_ident()
+        self._call: CallInfo | None = None
+        self._problems: dict[str, int] = {}
+        self._finished_by: str | None = None
+        self.log = CallLog(logger, {"call": "connecting"})
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def run(self) -> str:
+        """Serve the call until either side ends it; returns the reason."""
+        started = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        reason, code = "relay error", 1011
+        try:
+            async with asyncio.timeout(self._settings.max_call_seconds):
+                async with asyncio.TaskGroup() as tg:
+                    self._tg = tg
+                    connecting = tg.create_task(self._connect_agent(), name="agent connect")
+                    start = await self._await_start()
+                    agent = await connecting
+                    await self._perform(self.protocol.twilio_message(start))
+                    self._session_opened = True
+                    tg.create_task(self._pump_agent(agent), name="agent->twilio")
+                    await self._pump_twilio()
+        except* CallEnded as group:
+            ended = group.exceptions[0]
+            assert isinstance(ended, CallEnded)
+            reason, code = str(ended), ended.close_code
+        except* TimeoutError:
+            reason, code = "maximum call duration reached", 1000
+        finally:
+            self._tg = None
+            await self._teardown(code)
+            self._log_end(reason, time.monotonic() - started)
+        return reason
+
+    async def _connect_agent(self) -> ClientConnection:
+        s = self._settings
+        try:
+            self._agent = await connect(
+                s.agent_url,
+                additional_headers={"Authorization": f"Bearer {s.agent_key}"},
+                compression=None,
+                open_timeout=s.agent_open_timeout,
+                close_timeout=s.agent_close_timeout,
+                max_size=AGENT_MAX_MESSAGE,
+                ping_interval=20,
+                ping_timeout=20,
+            )
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            raise CallEnded(f"agent unreachable: {type(exc).__name__}: {exc}", 1011) from None
+        return self._agent
+
+    async def _await_start(self) -> dict[str, Any]:
+        """Read until ``start`` and check its per-call token."""
+        try:
+            async with asyncio.timeout(self._settings.start_timeout):
+                while True:
+                    msg = self._decode(await self._receive_twilio())
+                    if msg is None:
+                        continue
+                    if msg.get("event") == "start":
+                        break
+                    await self._twilio_message(msg)
+        except TimeoutError:
+            raise CallEnded("no start message from Twilio", 1008) from None
+        start = msg.get("start")
+        if type(start) is not dict:
+            raise CallEnded("malformed start message", 1008)
+        params = start.get("customParameters") or {}
+        call_sid = start.get("callSid")
+        token = params.get("token") if type(params) is dict else None
+        if (type(call_sid) is not str or type(token) is not str or not self._tokens.verify(
+                token, call_sid, now=time.time(), purpose=self._purpose)):
+            raise CallEnded("stream rejected: missing or invalid per-call token", 1008)
+        self.log.extra = {"call": call_sid}
+        self._call = CallInfo(
+            call_sid=call_sid,
+            caller=str(params.get("caller", "")),
+            called=str(params.get("called", "")),
+            direction=str(params.get("direction", self._purpose)),
+            parameters={k: str(v) for k, v in params.items() if k != "token"},
+        )
+        self.log.info("call started: %s from %s to %s", self._call.direction,
+                      self._call.caller or "unknown", self._call.called or "unknown")
+        return msg
+
+    async def _teardown(self, close_code: int) -> None:
+        agent, self._agent = self._agent, None
+        if agent is not None:
+            if self._session_opened and not self.protocol.ended:
+                with contextlib.suppress(ConnectionClosed, TimeoutError):
+                    await agent.send(orjson.dumps(agent_messages.session_end()), text=True)
+                    async with asyncio.timeout(self._settings.agent_close_timeout):
+                        while True:
+                            msg = orjson.loads(await agent.recv(decode=False))
+                            if type(msg) is dict and msg.get("type") == "session.ended":
+                                self.log.info("agent session ended")
+                                break
+            await agent.close()
+        ws = self._twilio
+        if (ws.client_state is WebSocketState.CONNECTED
+                and ws.application_state is WebSocketState.CONNECTED):
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await ws.close(close_code)
+
+    def _log_end(self, reason: str, duration: float) -> None:
+        p = self.protocol
+        self.log.info(
+            "call ended: %s after %.1f s (frames to agent %d, to caller %d, dropped before "
+            "ready %d, muted %d)", self._finished_by or reason, duration, p.frames_to_agent,
+            p.frames_to_caller, p.dropped_before_ready, p.dropped_muted)
+        for problem, count in self._problems.items():
+            self.log.warning("bad input during call: %s (x%d)", problem, count)
+
+    # ------------------------------------------------------------------ pumps
+
+    async def _receive_twilio(self) -> str | None:
+        message = await self._twilio.receive()
+        text = message.get("text")
+        if text is not None:
+            return text  # type: ignore[no-any-return]
+        if message["type"] == "websocket.disconnect":
+            raise CallEnded("caller hung up")
+        self._bad("binary frame from Twilio")
+        return None
+
+    async def _pump_twilio(self) -> None:
+        receive, handle = self._receive_twilio, self.protocol.twilio_message
+        while True:
+            text = await receive()
+            if text is None:
+                continue
+            try:
+                actions = handle(orjson.loads(text))
+            except orjson.JSONDecodeError:
+                self._bad("malformed JSON from Twilio")
+                continue
+            except ProtocolViolation as exc:
+                self._bad(f"Twilio: {exc}")
+                continue
+            await self._perform(actions)
+
+    async def _twilio_message(self, msg: dict[str, Any]) -> None:
+        try:
+            await self._perform(self.protocol.twilio_message(msg))
+        except ProtocolViolation as exc:
+            self._bad(f"Twilio: {exc}")
+
+    async def _pump_agent(self, agent: ClientConnection) -> None:
+        handle = self.protocol.agent_message
+        try:
+            while True:
+                raw = await agent.recv(decode=False)
+                try:
+                    actions = handle(orjson.loads(raw))
+                except orjson.JSONDecodeError:
+                    self._bad("malformed JSON from agent")
+                    continue
+                except ProtocolViolation as exc:
+                    self._bad(f"agent: {exc}")
+                    continue
+                await self._perform(actions)
+        except ConnectionClosedOK:
+            raise CallEnded("agent closed the connection") from None
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else 1006
+            raise CallEnded(f"agent connection lost (close code {code})", 1011) from None
+
+    def _decode(self, text: str | None) -> dict[str, Any] | None:
+        if text is None:
+            return None
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            self._bad("malformed JSON from Twilio")
+            return None
+        if type(msg) is not dict:
+            self._bad("Twilio: message is not a JSON object")
+            return None
+        return msg  # type: ignore[no-any-return]
+
+    def _bad(self, problem: str) -> None:
+        count = self._problems.get(problem, 0)
+        if count == 0:
+            self.log.warning("bad input ignored: %s", problem)
+        if count or len(self._problems) < 32:
+            self._problems[problem] = count + 1
+
+    # ------------------------------------------------------------------ actions
+
+    async def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is ToAgent:
+                await self._send_agent(action.message)  # type: ignore[union-attr]
+            elif kind is ToTwilio:
+                await self._send_twilio(action.message)  # type: ignore[union-attr]
+            elif kind is Log:
+                self.log.log(logging.getLevelName(action.level), "%s", action.message)  # type: ignore[union-attr]
+            elif kind is RunTool:
+                assert self._tg is not None
+                self._tg.create_task(self._run_tool(action), name=f"tool {action.name}")  # type: ignore[arg-type, union-attr]
+            elif kind is EndCall:
+                raise CallEnded(action.reason)  # type: ignore[union-attr]
+            elif kind is Transfer:
+                await self._do_transfer(action.number)  # type: ignore[union-attr]
+
+    async def _send_agent(self, message: dict[str, Any]) -> None:
+        agent = self._agent
+        if agent is None:
+            return
+        try:
+            await agent.send(orjson.dumps(message), text=True)
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else 1006
+            raise CallEnded(f"agent connection lost (close code {code})", 1011) from None
+
+    async def _send_twilio(self, message: dict[str, Any]) -> None:
+        try:
+            await self._twilio.send_text(orjson.dumps(message).decode())
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            raise CallEnded("caller hung up") from None
+
+    # ------------------------------------------------------------------ tools and call control
+
+    async def _run_tool(self, action: RunTool) -> None:
+        assert self._call is not None
+        ctx = ToolContext(call=self._call, http=self._http, log=self.log,
+                          control=_Control(self, action.call_id))
+        started = time.monotonic()
+        outcome = await self._registry.call(action.name, action.arguments, ctx,
+                                            timeout=self._settings.tool_timeout)
+        self.log.info("tool %s finished in %.0f ms%s", action.name,
+                      (time.monotonic() - started) * 1000, " with an error" if outcome.is_error else "")
+        await self._perform(self.protocol.tool_finished(
+            action.call_id, outcome.result, is_error=outcome.is_error))
+
+    def finish_after_goodbye(self, action: Finish, call_id: str | None) -> None:
+        """Hang up or transfer after the agent's next reply, with a bounded wait."""
+        for log in self.protocol.finish_after_goodbye(action, call_id):
+            if isinstance(log, Log):
+                self.log.log(logging.getLevelName(log.level), "%s", log.message)
+        if self._tg is not None:
+            self._tg.create_task(self._finish_deadline(action), name="hang-up deadline")
+
+    async def _finish_deadline(self, action: Finish) -> None:
+        await asyncio.sleep(self._settings.hangup_timeout)
+        self.log.info("no goodbye heard within %.0f s", self._settings.hangup_timeout)
+        await self._perform([action])
+
+    async def _do_transfer(self, number: str) -> None:
+        assert self._transfer is not None and self._call is not None
+        self._finished_by = f"transferred to {number}"
+        try:
+            await self._transfer(self._call.call_sid, number)
+        except (TwilioException, OSError, TimeoutError):
+            self.log.exception("transfer to %s failed; hanging up", number)
+            raise CallEnded("transfer failed", 1011) from None
+        self.log.info("call transferred to %s", number)
+
+    def can_transfer(self) -> bool:
+        return self._transfer is not None
+
+
+class _Control:
+    """What a tool may do to its call; safe to call from a sync tool's worker thread."""
+
+    def __init__(self, bridge: CallBridge, call_id: str) -> None:
+        self._bridge = bridge
+        self._call_id = call_id
+
+    def _schedule(self, action: Finish) -> None:
+        loop = self._bridge._loop
+        if loop is None or threading.get_ident() == self._bridge._thread:
+            self._bridge.finish_after_goodbye(action, self._call_id)
+        else:
+            loop.call_soon_threadsafe(self._bridge.finish_after_goodbye, action, self._call_id)
+
+    def end_call(self, reason: str = "") -> None:
+        self._schedule(EndCall(f"agent ended the call{': ' + reason if reason else ''}"))
+
+    def transfer(self, number: str | None = None) -> str:
+        s = self._bridge._settings
+        if not self._bridge.can_transfer():
+            raise ValueError("Transfers are not available: Twilio credentials are not configured.")
+        target = number or s.transfer_number
+        if target is None:
+            raise ValueError("No transfer number is configured.")
+        allowed = set(s.transfer_allowed)
+        if s.transfer_number:
+            allowed.add(s.transfer_number)
+        if target not in allowed:
+            raise ValueError(f"{target} is not a number calls may be transferred to.")
+        self._schedule(Transfer(target))
+        return target

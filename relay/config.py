@@ -1,0 +1,230 @@
+"""Settings: every knob the relay has, read once from a mapping (the environment).
+
+Nothing here reads ``os.environ`` by itself: ``app.py`` loads ``.env`` and passes the
+environment in, and tests pass plain dicts. Secrets are excluded from ``repr``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from relay.errors import ConfigError
+
+DEFAULT_AGENT_WS_URL = "wss://agents.assemblyai.com/v1/ws"
+DEFAULT_PROMPT = (
+    "You are a friendly, concise phone assistant. Answer in one or two short sentences, "
+    "and speak naturally: this is a phone call, so never use lists, markdown or emoji."
+)
+DEFAULT_GREETING = "Hi, thanks for calling. How can I help?"
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+ToolResultTiming = Literal["after_reply", "immediate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    public_url: str = "http://localhost:8080"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    twilio_phone_number: str | None = None
+    twilio_api_base_url: str | None = None
+    assemblyai_api_key: str | None = field(default=None, repr=False)
+    agent_ws_url: str = DEFAULT_AGENT_WS_URL
+    agent_system_prompt: str = DEFAULT_PROMPT
+    agent_greeting: str | None = DEFAULT_GREETING
+    agent_voice: str = "ivy"
+    # Key for the per-call stream tokens. Defaults to TWILIO_AUTH_TOKEN, so every
+    # instance behind a load balancer verifies every other instance's tokens.
+    relay_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    log_level: str = "INFO"
+    phone_enabled: bool = True
+    transfer_number: str | None = None
+    transfer_allowed: tuple[str, ...] = ()
+    tool_result_timing: ToolResultTiming = "after_reply"
+    # Named timeouts, in seconds.
+    tool_timeout: float = 8.0
+    start_timeout: float = 10.0
+    agent_open_timeout: float = 10.0
+    agent_close_timeout: float = 3.0
+    hangup_timeout: float = 15.0
+    max_call_seconds: float = 3600.0
+    token_ttl: float = 900.0
+
+    @property
+    def local_agent(self) -> bool:
+        """True when no AssemblyAI key is set: calls go to the built-in local agent."""
+        return not self.assemblyai_api_key
+
+    @property
+    def verify_signatures(self) -> bool:
+        """Twilio signatures can only be checked when the auth token is known."""
+        return bool(self.twilio_auth_token)
+
+    @property
+    def public_base(self) -> str:
+        return self.public_url.rstrip("/")
+
+    @property
+    def public_ws_base(self) -> str:
+        """``PUBLIC_URL`` with the WebSocket scheme Twilio uses for the stream."""
+        base = self.public_base
+        if base.startswith("https://"):
+            return "wss://" + base.removeprefix("https://")
+        return "ws://" + base.removeprefix("http://")
+
+    @property
+    def stream_url(self) -> str:
+        return self.public_ws_base + "/media"
+
+    @property
+    def agent_url(self) -> str:
+        """Where the relay dials the agent: AssemblyAI, or its own local agent."""
+        if self.local_agent:
+            return f"ws://127.0.0.1:{self.port}/local-agent"
+        return self.agent_ws_url
+
+    @property
+    def agent_key(self) -> str:
+        if self.assemblyai_api_key:
+            return self.assemblyai_api_key
+        return "local-" + self.relay_secret[:16]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from an environment mapping.
+
+        Raises:
+            ConfigError: naming every missing or invalid key at once.
+        """
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+
+        def get(key: str) -> str | None:
+            value = env.get(key, "").strip()
+            return value or None
+
+        def take(key: str, attr: str, parse: Callable[[str], Any] = str) -> None:
+            raw = get(key)
+            if raw is None:
+                return
+            try:
+                values[attr] = parse(raw)
+            except ValueError as exc:
+                problems.append(f"{key}: {exc}")
+
+        take("HOST", "host")
+        take("PORT", "port", _port)
+        take("PUBLIC_URL", "public_url", _http_url)
+        take("TWILIO_ACCOUNT_SID", "twilio_account_sid", _prefixed("AC"))
+        take("TWILIO_AUTH_TOKEN", "twilio_auth_token")
+        take("TWILIO_PHONE_NUMBER", "twilio_phone_number", _e164)
+        take("TWILIO_API_BASE_URL", "twilio_api_base_url", _http_url)
+        take("ASSEMBLYAI_API_KEY", "assemblyai_api_key")
+        take("AGENT_WS_URL", "agent_ws_url", _ws_url)
+        take("AGENT_SYSTEM_PROMPT", "agent_system_prompt")
+        take("AGENT_VOICE", "agent_voice")
+        take("LOG_LEVEL", "log_level", _log_level)
+        take("PHONE_ENABLED", "phone_enabled", _bool)
+        take("TRANSFER_NUMBER", "transfer_number", _e164)
+        take("TRANSFER_ALLOWED", "transfer_allowed", _e164_list)
+        take("TOOL_RESULT_TIMING", "tool_result_timing", _choice("after_reply", "immediate"))
+        for key in ("TOOL_TIMEOUT", "START_TIMEOUT", "AGENT_OPEN_TIMEOUT", "AGENT_CLOSE_TIMEOUT",
+                    "HANGUP_TIMEOUT", "MAX_CALL_SECONDS", "TOKEN_TTL"):
+            take(key, key.lower(), _seconds)
+        if "AGENT_GREETING" in env:  # present but empty means: listen first, no greeting
+            values["agent_greeting"] = get("AGENT_GREETING")
+        secret = get("RELAY_SECRET") or values.get("twilio_auth_token")
+        if secret:
+            values["relay_secret"] = secret
+        if "port" in values and "public_url" not in values:
+            values["public_url"] = f"http://localhost:{values['port']}"
+        if "phone_enabled" not in values:
+            values["phone_enabled"] = "twilio_auth_token" not in values
+        public = urlsplit(values.get("public_url", "http://localhost")).hostname or ""
+        if public not in ("localhost", "127.0.0.1", "::1") and "twilio_auth_token" not in values:
+            problems.append("TWILIO_AUTH_TOKEN: required when PUBLIC_URL is not local, or anyone "
+                            "could open streams (webhook signatures cannot be checked without it)")
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
+        return cls(**values)
+
+
+def _port(raw: str) -> int:
+    port = int(raw)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{port} is not a TCP port")
+    return port
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{raw!r} is not an http(s) URL")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query string or fragment")
+    return raw.rstrip("/")
+
+
+def _ws_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise ValueError(f"{raw!r} is not a ws(s) URL")
+    return raw
+
+
+def _e164(raw: str) -> str:
+    if not E164.match(raw):
+        raise ValueError(f"{raw!r} is not an E.164 number like +15551234567")
+    return raw
+
+
+def _e164_list(raw: str) -> tuple[str, ...]:
+    return tuple(_e164(n.strip()) for n in raw.split(",") if n.strip())
+
+
+def _prefixed(prefix: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if not raw.startswith(prefix):
+            raise ValueError(f"must start with {prefix}")
+        return raw
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"{raw!r} is not one of {', '.join(choices)}")
+        return raw
+
+    return parse
+
+
+def _seconds(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not a boolean (true/false)")
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"{raw!r} is not DEBUG, INFO, WARNING or ERROR")
+    return level

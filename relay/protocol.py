@@ -1,0 +1,445 @@
+"""The pure state of one call: Twilio and agent messages in, actions out.
+
+Theory of operation
+-------------------
+``CallProtocol`` never awaits, touches a socket or reads a clock. The bridge decodes each JSON
+message to a dict, hands it to ``twilio_message`` or ``agent_message`` and performs the returned
+actions in order. Everything that decides *what* happens on a call lives here:
+
+* Audio passes through untouched: Twilio ``media.payload`` becomes ``input.audio.audio`` and
+  ``reply.audio.data`` becomes ``media.payload``, the same base64 string, checked for the base64
+  alphabet but never decoded.
+* Caller audio reaches the agent only after ``session.ready``; agent audio reaches the caller
+  only once ``start`` gave the ``streamSid`` (until then it is held, bounded).
+* Barge-in: ``input.speech.started`` sends Twilio ``clear``. A reply reported interrupted is
+  muted: none of its audio still in flight reaches the caller, and a second ``clear`` flushes
+  what slipped through between the two events.
+* Each completed reply is followed by a Twilio ``mark``; its echo says the caller heard it, or,
+  if a ``clear`` came in between, that it was flushed.
+* Tool results go out when ``reply.done`` is the latest agent event (the documented rule) or at
+  once (``immediate``); results of an interrupted reply are dropped.
+* A requested hang-up or transfer waits for the agent's next reply (the goodbye) to be heard:
+  a ``hangup`` mark follows it, and the echo of that mark finishes the call.
+
+Malformed input raises ``ProtocolViolation``; the bridge logs it and drops that message. Unknown
+events are reported once per type and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from relay import agent_messages as agent
+from relay import twilio_messages as twilio
+from relay.errors import ProtocolViolation
+
+# Greeting audio that arrives before Twilio's ``start`` is held: about 30 s of 20–40 ms chunks.
+MAX_EARLY_AUDIO = 1000
+MAX_MUTED_REPLIES = 16
+MAX_PENDING_MARKS = 256
+HANGUP_MARK = "hangup"
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+@dataclass(frozen=True, slots=True)
+class ToTwilio:
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToAgent:
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RunTool:
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EndCall:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    number: str
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """A call event worth one log line; ``level`` is a ``logging`` level name."""
+
+    message: str
+    level: str = "INFO"
+
+
+Action = ToTwilio | ToAgent | RunTool | EndCall | Transfer | Log
+Finish = EndCall | Transfer
+
+
+@dataclass(slots=True)
+class _Finishing:
+    """A hang-up or transfer waiting for the goodbye: result sent → reply → mark echoed."""
+
+    action: Finish
+    call_id: str | None
+    stage: str = "result"  # result | reply | speaking | mark
+    reply_id: str | None = None
+
+
+@dataclass(slots=True)
+class CallInfo:
+    stream_sid: str
+    call_sid: str
+    account_sid: str
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+def is_base64(text: str) -> bool:
+    return len(text) % 4 == 0 and _BASE64.fullmatch(text) is not None
+
+
+class CallProtocol:
+    """Sans-I/O state of one call."""
+
+    def __init__(self, *, session_update: dict[str, Any], tool_result_timing: str = "after_reply"):
+        self._session_update = session_update
+        self._immediate_results = tool_result_timing == "immediate"
+        self.info: CallInfo | None = None
+        self.agent_ready = False
+        self.session_id: str | None = None
+        self.resume_token: str | None = None
+        self.ended = False
+        self._early_audio: deque[str] = deque()
+        self._current_reply: str | None = None
+        self._muted_replies: deque[str] = deque(maxlen=MAX_MUTED_REPLIES)
+        self._muted = False
+        self._clears = 0
+        self._marks: dict[str, tuple[str, int]] = {}
+        self._mark_seq = 0
+        self._settled = False  # reply.done is the latest agent event
+        self._tool_replies: dict[str, str | None] = {}
+        self._pending_results: list[tuple[str, dict[str, Any]]] = []
+        self._finishing: _Finishing | None = None
+        self._seen_unknown: set[str] = set()
+        self._heard_caller = False
+        self._heard_agent = False
+        self.frames_to_agent = 0
+        self.frames_to_caller = 0
+        self.dropped_before_ready = 0
+        self.dropped_muted = 0
+
+    # ------------------------------------------------------------------ Twilio side
+
+    def twilio_message(self, msg: Any) -> list[Action]:
+        """Handle one decoded Twilio Media Streams message.
+
+        Raises:
+            ProtocolViolation: the message is malformed or out of order.
+        """
+        if type(msg) is not dict:
+            raise ProtocolViolation("Twilio message is not a JSON object")
+        event = msg.get("event")
+        if event == "media":  # the hot path: 50 per second per call
+            if self.info is None:
+                raise ProtocolViolation("media before start")
+            body = msg.get("media")
+            payload = body.get("payload") if type(body) is dict else None
+            if type(payload) is not str or not is_base64(payload):
+                raise ProtocolViolation("media payload is not base64")
+            if body.get("track", "inbound") != "inbound":
+                return []
+            if not self.agent_ready:
+                self.dropped_before_ready += 1
+                return []
+            self.frames_to_agent += 1
+            if self._heard_caller:
+                return [ToAgent(agent.input_audio(payload))]
+            self._heard_caller = True
+            return [ToAgent(agent.input_audio(payload)), Log("first caller audio sent to agent")]
+        if event == "start":
+            return self._start(msg)
+        if event == "mark":
+            return self._mark_echo(msg)
+        if event == "dtmf":
+            return self._dtmf(msg)
+        if event == "stop":
+            return [EndCall("caller hung up")]
+        if event == "connected":
+            return []
+        return self._unknown("Twilio", event)
+
+    def _start(self, msg: dict[str, Any]) -> list[Action]:
+        if self.info is not None:
+            raise ProtocolViolation("second start on one stream")
+        start = msg.get("start")
+        if type(start) is not dict:
+            raise ProtocolViolation("start without a start object")
+        stream_sid = start.get("streamSid") or msg.get("streamSid")
+        call_sid = start.get("callSid")
+        if type(stream_sid) is not str or not stream_sid or type(call_sid) is not str:
+            raise ProtocolViolation("start without streamSid or callSid")
+        params = start.get("customParameters") or {}
+        if type(params) is not dict:
+            raise ProtocolViolation("start.customParameters is not an object")
+        self.info = CallInfo(
+            stream_sid=stream_sid,
+            call_sid=call_sid,
+            account_sid=str(start.get("accountSid", "")),
+            parameters={str(k): str(v) for k, v in params.items()},
+        )
+        actions: list[Action] = [ToAgent(self._opening(self.info.parameters))]
+        actions += [ToTwilio(twilio.media(stream_sid, data)) for data in self._early_audio]
+        self.frames_to_caller += len(self._early_audio)
+        self._early_audio.clear()
+        return actions
+
+    def _opening(self, params: Mapping[str, str]) -> dict[str, Any]:
+        """The ``session.update``, with this call's own greeting and prompt if it has them."""
+        greeting, prompt = params.get("greeting"), params.get("prompt")
+        if not (greeting or prompt):
+            return self._session_update
+        session = dict(self._session_update["session"])
+        if greeting:
+            session["greeting"] = greeting
+        if prompt:
+            session["system_prompt"] = prompt
+        return {**self._session_update, "session": session}
+
+    def _mark_echo(self, msg: dict[str, Any]) -> list[Action]:
+        body = msg.get("mark")
+        name = body.get("name") if type(body) is dict else None
+        if type(name) is not str:
+            raise ProtocolViolation("mark without a name")
+        finishing = self._finishing
+        if name == HANGUP_MARK and finishing is not None and finishing.stage == "mark":
+            self._finishing = None
+            return [Log("goodbye heard"), finishing.action]
+        sent = self._marks.pop(name, None)
+        if sent is None:
+            return []  # late or unknown: after a clear every pending mark comes back
+        reply_id, clears = sent
+        heard = "flushed by barge-in" if clears != self._clears else "heard"
+        return [Log(f"reply {reply_id} {heard}", "DEBUG" if clears != self._clears else "INFO")]
+
+    def _dtmf(self, msg: dict[str, Any]) -> list[Action]:
+        body = msg.get("dtmf")
+        digit = body.get("digit") if type(body) is dict else None
+        if type(digit) is not str or not digit:
+            raise ProtocolViolation("dtmf without a digit")
+        if not self.agent_ready:
+            return [Log(f"caller pressed {digit} before the agent was ready; ignored", "WARNING")]
+        text = f"The caller pressed the key {digit} on their phone keypad."
+        return [Log(f"caller pressed {digit}"), ToAgent(agent.reply_create(text))]
+
+    # ------------------------------------------------------------------ agent side
+
+    def agent_message(self, msg: Any) -> list[Action]:
+        """Handle one decoded agent message.
+
+        Raises:
+            ProtocolViolation: the message is malformed.
+        """
+        if type(msg) is not dict:
+            raise ProtocolViolation("agent message is not a JSON object")
+        kind = msg.get("type")
+        if kind == "reply.audio":  # the hot path
+            data = msg.get("data")
+            if type(data) is not str or not is_base64(data):
+                raise ProtocolViolation("reply.audio data is not base64")
+            reply_id = msg.get("reply_id")
+            if self._muted if reply_id is None else reply_id in self._muted_replies:
+                self.dropped_muted += 1
+                return []
+            if self.info is None:
+                if len(self._early_audio) >= MAX_EARLY_AUDIO:
+                    raise ProtocolViolation("too much agent audio before the stream started")
+                self._early_audio.append(data)
+                return []
+            self.frames_to_caller += 1
+            out = ToTwilio(twilio.media(self.info.stream_sid, data))
+            if self._heard_agent:
+                return [out]
+            self._heard_agent = True
+            return [out, Log("first agent audio sent to caller")]
+        if kind == "input.speech.started":
+            self._settled = False
+            return [Log("caller started speaking (barge-in)", "DEBUG"), *self._clear()]
+        if kind == "reply.started":
+            return self._reply_started(msg)
+        if kind == "reply.done":
+            return self._reply_done(msg)
+        if kind == "tool.call":
+            return self._tool_call(msg)
+        if kind == "transcript.user":
+            return [Log(f"user: {msg.get('text', '')}")]
+        if kind == "transcript.agent":
+            return self._transcript_agent(msg)
+        if kind == "session.ready":
+            return self._ready(msg)
+        if kind in ("session.error", "error") or (kind is None and "code" in msg):
+            return self._error(msg)
+        if kind == "session.ended":
+            self.ended = True
+            return [EndCall("agent ended the session")]
+        if kind in ("input.speech.stopped", "transcript.user.delta", "transcript.agent.delta",
+                    "session.updated"):
+            return []
+        if kind == "reply.error":
+            return [Log(f"agent reply error: {msg.get('code')} {msg.get('message', '')}", "WARNING")]
+        return self._unknown("agent", kind)
+
+    def _ready(self, msg: dict[str, Any]) -> list[Action]:
+        self.agent_ready = True
+        session_id = msg.get("session_id")
+        self.session_id = session_id if type(session_id) is str else None
+        token = msg.get("resume_token")
+        self.resume_token = token if type(token) is str and token else None
+        return [Log(f"agent ready (session {self.session_id})")]
+
+    def _reply_started(self, msg: dict[str, Any]) -> list[Action]:
+        reply_id = msg.get("reply_id")
+        self._current_reply = reply_id if type(reply_id) is str else None
+        self._muted = False
+        self._settled = False
+        finishing = self._finishing
+        if finishing is not None and finishing.stage == "reply":
+            finishing.stage = "speaking"
+            finishing.reply_id = self._current_reply
+        return []
+
+    def _reply_done(self, msg: dict[str, Any]) -> list[Action]:
+        reply_id = msg.get("reply_id")
+        reply_id = reply_id if type(reply_id) is str else self._current_reply
+        status = msg.get("status") or "completed"
+        actions: list[Action] = []
+        if status == "interrupted":
+            self._mute(reply_id)
+            self._pending_results = [
+                (cid, res) for cid, res in self._pending_results
+                if self._tool_replies.get(cid) != reply_id
+            ]
+            actions += self._clear()
+            actions.append(Log(f"reply {reply_id} interrupted"))
+        elif self.info is not None and reply_id is not None and len(self._marks) < MAX_PENDING_MARKS:
+            self._mark_seq += 1
+            name = f"{self._mark_seq}:{reply_id}"
+            self._marks[name] = (reply_id, self._clears)
+            actions.append(ToTwilio(twilio.mark(self.info.stream_sid, name)))
+        self._current_reply = None
+        self._settled = status != "interrupted"
+        finishing = self._finishing
+        if (finishing is not None and finishing.stage == "speaking"
+                and finishing.reply_id == reply_id and self.info is not None):
+            finishing.stage = "mark"
+            actions.append(ToTwilio(twilio.mark(self.info.stream_sid, HANGUP_MARK)))
+        if self._settled and self._pending_results:
+            actions += self._flush_results()
+        return actions
+
+    def _transcript_agent(self, msg: dict[str, Any]) -> list[Action]:
+        if msg.get("interrupted") is True:
+            reply_id = msg.get("reply_id")
+            self._mute(reply_id if type(reply_id) is str else self._current_reply)
+            return [Log(f"agent (interrupted): {msg.get('text', '')}")]
+        return [Log(f"agent: {msg.get('text', '')}")]
+
+    def _tool_call(self, msg: dict[str, Any]) -> list[Action]:
+        call_id = msg.get("call_id")
+        name = msg.get("name")
+        if type(call_id) is not str or not call_id:
+            raise ProtocolViolation("tool.call without a call_id")
+        raw = msg.get("arguments", msg.get("args"))
+        if type(raw) is str:
+            try:
+                raw = orjson.loads(raw) if raw.strip() else {}
+            except orjson.JSONDecodeError:
+                raw = None
+        elif raw is None:
+            raw = {}
+        self._tool_replies[call_id] = self._current_reply
+        self._settled = False
+        if type(name) is not str or not name or type(raw) is not dict:
+            error = orjson.dumps({"error": "malformed tool call: arguments must be an object"})
+            return self.tool_finished(call_id, error.decode(), is_error=True)
+        return [Log(f"tool call {name} ({call_id})"), RunTool(call_id, name, raw)]
+
+    def _error(self, msg: dict[str, Any]) -> list[Action]:
+        code = str(msg.get("code") or "unknown")
+        text = f"agent error {code}: {msg.get('message', '')}"
+        if agent.is_fatal(code):
+            return [Log(text, "ERROR"), EndCall(f"agent error {code}")]
+        return [Log(text, "WARNING")]
+
+    # ------------------------------------------------------------------ tools and finishing
+
+    def tool_finished(self, call_id: str, result: str, *, is_error: bool) -> list[Action]:
+        """A tool's outcome: send, hold until ``reply.done``, or drop (interrupted reply)."""
+        reply_id = self._tool_replies.get(call_id)
+        if reply_id is not None and reply_id in self._muted_replies:
+            self._tool_replies.pop(call_id, None)
+            return [Log(f"tool result {call_id} dropped: its reply was interrupted")]
+        message = agent.tool_result(call_id, result, is_error=is_error)
+        self._pending_results.append((call_id, message))
+        if self._immediate_results or self._settled:
+            return self._flush_results()
+        return []
+
+    def _flush_results(self) -> list[Action]:
+        actions: list[Action] = []
+        for call_id, message in self._pending_results:
+            self._tool_replies.pop(call_id, None)
+            actions.append(ToAgent(message))
+            finishing = self._finishing
+            if finishing is not None and finishing.stage == "result" and finishing.call_id == call_id:
+                finishing.stage = "reply"
+        self._pending_results = []
+        return actions
+
+    def finish_after_goodbye(self, action: Finish, call_id: str | None = None) -> list[Action]:
+        """Hang up or transfer once the agent's next reply has been heard.
+
+        With ``call_id`` (the tool that asked), the goodbye is the reply after its result.
+        """
+        if self._finishing is not None:
+            return [Log("call is already finishing; request ignored", "WARNING")]
+        stage = "result" if call_id is not None and call_id in self._tool_replies else "reply"
+        self._finishing = _Finishing(action, call_id, stage)
+        return [Log(f"will {_describe(action)} after the agent's goodbye")]
+
+    # ------------------------------------------------------------------ helpers
+
+    def _mute(self, reply_id: str | None) -> None:
+        if reply_id is None:
+            self._muted = True
+        elif reply_id not in self._muted_replies:
+            self._muted_replies.append(reply_id)
+        if reply_id == self._current_reply:
+            self._muted = True
+
+    def _clear(self) -> list[Action]:
+        if self.info is None:
+            self._early_audio.clear()
+            return []
+        self._clears += 1
+        return [ToTwilio(twilio.clear(self.info.stream_sid))]
+
+    def _unknown(self, side: str, kind: object) -> list[Action]:
+        key = f"{side}:{kind}"
+        if key in self._seen_unknown or len(self._seen_unknown) > 32:
+            return []
+        self._seen_unknown.add(key)
+        return [Log(f"ignored unknown {side} message {str(kind)[:40]!r}", "WARNING")]
+
+
+def _describe(action: Finish) -> str:
+    return f"transfer to {action.number}" if isinstance(action, Transfer) else "hang up"

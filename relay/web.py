@@ -1,0 +1,147 @@
+"""HTTP and WebSocket routes, the lifespan and the one error boundary around each call.
+
+Routes: ``GET /healthz``, ``POST /twiml`` (Twilio's voice webhook), the ``/media`` stream, and
+``/local-agent`` when no AssemblyAI key is configured. Every webhook and every upgrade is
+authenticated before anything happens: Twilio signatures over ``PUBLIC_URL`` when the auth token
+is configured, loopback clients only when it is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketState
+
+from relay import twiml, twilio_rest
+from relay.bridge import CallBridge, Transferrer
+from relay.config import Settings
+from relay.security import StreamTokens, is_from_twilio
+from tools.registry import Registry
+
+log = logging.getLogger("relay.web")
+
+# Twilio <Parameter> values must stay under 500 characters (name + value).
+MAX_PARAMETER = 480
+
+
+def is_loopback(conn: HTTPConnection) -> bool:
+    host = conn.client.host if conn.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Relay:
+    """The application's shared state: settings, tools, token keys and process-wide clients."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.tokens = StreamTokens(settings.relay_secret)
+        self.http: httpx.AsyncClient | None = None
+        rest = twilio_rest.make_client(settings)
+        self.transfer: Transferrer | None = None
+        if rest is not None:
+            async def transfer(call_sid: str, number: str) -> None:
+                await twilio_rest.transfer(rest, call_sid, number)
+            self.transfer = transfer
+
+    def signed(self, conn: HTTPConnection, url: str, params: Mapping[str, Any]) -> bool:
+        """Is this request from Twilio? Without an auth token, only loopback clients pass."""
+        token = self.settings.twilio_auth_token
+        if token is None:
+            return is_loopback(conn)
+        return is_from_twilio(token, url, params, conn.headers.get("x-twilio-signature", ""))
+
+    def public_url(self, request: Request) -> str:
+        """The URL Twilio signed: ``PUBLIC_URL`` + path (+ query), never the URL we saw."""
+        url = self.settings.public_base + request.url.path
+        return f"{url}?{request.url.query}" if request.url.query else url
+
+    def stream_parameters(self, call_sid: str, form: Mapping[str, Any],
+                          extra: Mapping[str, str]) -> dict[str, str]:
+        direction = str(form.get("Direction", "inbound"))
+        params = {
+            "token": self.tokens.mint(call_sid, now=time.time(), ttl=self.settings.token_ttl),
+            "caller": str(form.get("From", "")),
+            "called": str(form.get("To", "")),
+            "direction": "outbound" if direction.startswith("outbound") else "inbound",
+        }
+        for name, value in extra.items():
+            params[name] = value[:MAX_PARAMETER - len(name)]
+        return params
+
+    async def twiml(self, request: Request) -> Response:
+        form = await request.form()
+        if not self.signed(request, self.public_url(request), form):
+            log.warning("rejected /twiml request: bad or missing X-Twilio-Signature")
+            return PlainTextResponse("invalid signature", status_code=403)
+        call_sid = form.get("CallSid")
+        if not isinstance(call_sid, str) or not call_sid:
+            return PlainTextResponse("CallSid is required", status_code=400)
+        extra = {k: v for k, v in request.query_params.items() if k in ("greeting", "prompt")}
+        params = self.stream_parameters(call_sid, form, extra)
+        log.info("[%s] incoming call from %s to %s: connecting the stream", call_sid,
+                 params["caller"] or "unknown", params["called"] or "unknown")
+        return Response(twiml.connect_stream(self.settings.stream_url, params),
+                        media_type="text/xml")
+
+    async def media(self, ws: WebSocket) -> None:
+        if not self.signed(ws, self.settings.stream_url, {}):
+            log.warning("rejected media stream upgrade: bad or missing x-twilio-signature")
+            await ws.close(code=1008)
+            return
+        await self.serve_call(ws, purpose="twilio")
+
+    async def serve_call(self, ws: WebSocket, *, purpose: str) -> None:
+        """Accept a stream and bridge it; the error boundary of one call."""
+        await ws.accept()
+        bridge = CallBridge(ws, settings=self.settings, registry=self.registry, http=self.http,
+                            tokens=self.tokens, purpose=purpose, transfer=self.transfer)
+        try:
+            await bridge.run()
+        except Exception:
+            bridge.log.exception("call failed")
+            if ws.application_state is WebSocketState.CONNECTED:
+                with contextlib.suppress(Exception):
+                    await ws.close(1011)
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
+            self.http = http
+            yield
+            self.http = None
+
+
+def create_app(
+    settings: Settings,
+    registry: Registry,
+    *,
+    extra_routes: Callable[[Relay], list[BaseRoute]] | None = None,
+) -> Starlette:
+    relay = Relay(settings, registry)
+    routes: list[BaseRoute] = [
+        Route("/healthz", relay.healthz, methods=["GET"]),
+        Route("/twiml", relay.twiml, methods=["POST"]),
+        WebSocketRoute("/media", relay.media),
+    ]
+    if extra_routes is not None:
+        routes += extra_routes(relay)
+    app = Starlette(routes=routes, lifespan=relay.lifespan)
+    app.state.relay = relay
+    return app

@@ -1,0 +1,90 @@
+"""Fixtures: the real server on an ephemeral port, against the fake agent, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvicorn
+
+from relay.config import Settings
+from relay.web import create_app
+from tests.fakes import KEY, FakeAgent
+from tools.registry import Registry
+
+AUTH_TOKEN = "test-twilio-auth-token"
+# Scales every timeout in the tests for slow machines: RELAY_TEST_MS=3 triples them.
+MS = float(os.environ.get("RELAY_TEST_MS", "1"))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass
+class RunningRelay:
+    settings: Settings
+    server: uvicorn.Server
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.public_base
+
+
+def test_settings(port: int, agent_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}",
+        twilio_account_sid="AC" + "0" * 32, twilio_auth_token=AUTH_TOKEN,
+        relay_secret=AUTH_TOKEN, assemblyai_api_key=KEY, agent_ws_url=agent_url,
+        agent_greeting="Hello from the test agent.", phone_enabled=False,
+        start_timeout=2 * MS, agent_open_timeout=2 * MS, agent_close_timeout=1 * MS,
+        tool_timeout=1 * MS, hangup_timeout=3 * MS,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextlib.asynccontextmanager
+async def run_relay(settings_for: Callable[[int], Settings], registry: Registry) -> AsyncIterator[RunningRelay]:
+    """uvicorn serving the real app on 127.0.0.1:0, configured as ``app.py`` configures it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    settings = settings_for(sock.getsockname()[1])
+    config = uvicorn.Config(create_app(settings, registry), ws="websockets-sansio",
+                            ws_per_message_deflate=False, ws_max_size=64 * 1024,
+                            log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(5):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.005)
+        yield RunningRelay(settings, server)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+@pytest.fixture
+def make_relay() -> Callable[..., contextlib.AbstractAsyncContextManager[RunningRelay]]:
+    """``async with make_relay(agent, tools=[...], **settings) as relay``."""
+
+    @contextlib.asynccontextmanager
+    async def make(agent: FakeAgent, *, tools: Iterable[Callable[..., Any]] = (),
+                   **overrides: Any) -> AsyncIterator[RunningRelay]:
+        async with run_relay(lambda port: test_settings(port, agent.url, **overrides),
+                             Registry(tools)) as relay:
+            yield relay
+
+    return make
