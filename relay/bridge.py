@@ -327,11 +327,8 @@ class CallBridge:
         assert self._call is not None
         ctx = ToolContext(call=self._call, http=self._http, log=self.log,
                           control=_Control(self, action.call_id))
-        started = time.monotonic()
         outcome = await self._registry.call(action.name, action.arguments, ctx,
                                             timeout=self._settings.tool_timeout)
-        self.log.info("tool %s finished in %.0f ms%s", action.name,
-                      (time.monotonic() - started) * 1000, " with an error" if outcome.is_error else "")
         await self._perform(self.protocol.tool_finished(
             action.call_id, outcome.result, is_error=outcome.is_error))
 

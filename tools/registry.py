@@ -34,10 +34,8 @@ import orjson
 
 from relay.errors import ToolError
 
-__all__ = [
-    "CallControl", "CallInfo", "Registry", "ToolContext", "ToolOutcome", "load_tools",
-    "schema_for", "tool",
-]
+__all__ = ["CallControl", "CallInfo", "Registry", "ToolContext", "ToolOutcome", "load_tools",
+           "schema_for", "tool"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,18 +55,16 @@ class CallInfo:
 
 
 class CallControl(Protocol):
-    """What a tool may do to the live call. Call it from the event loop (an async tool)."""
+    """What a tool may do to the live call; both act after the agent's next reply."""
 
     def end_call(self, reason: str = "") -> None:
         """Hang up once the agent's next reply (the goodbye) has been heard."""
 
     def transfer(self, number: str | None = None) -> str:
-        """Redirect the call once the agent's next reply has been heard.
+        """Redirect the call to ``number`` (None: TRANSFER_NUMBER) after the agent's next reply.
 
-        ``None`` means the configured TRANSFER_NUMBER. Returns the number used.
-
-        Raises:
-            ValueError: with a message the agent can speak, if not allowed or none configured.
+        Returns the number used. Raises ValueError, with a message the agent can speak, if the
+        number is not allowed or none is configured.
         """
         ...
 
@@ -104,11 +100,12 @@ class _Type:
     enum: type[enum.Enum] | None = None
     items: _Type | None = None
 
-    def convert(self, value: object, where: str) -> object:
+    def convert(self, value: object, path: str) -> object:
+        where = f"parameter {path!r}"
         if self.items is not None:
             if not isinstance(value, list):
                 raise _Invalid(f"{where} must be an array")
-            return [self.items.convert(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            return [self.items.convert(v, f"{path}[{i}]") for i, v in enumerate(value)]
         ok = {
             "string": isinstance(value, str),
             "boolean": isinstance(value, bool),
@@ -148,13 +145,13 @@ class _Tool:
                 "parameters": copy.deepcopy(self.parameters)}
 
     def bind(self, arguments: object, ctx: ToolContext) -> dict[str, Any]:
-        """Keyword arguments for the function. Absent or null optional values get the default.
+        """Keyword arguments for the function; an absent or null optional value is the default.
 
-        Raises:
-            _Invalid: naming the parameter (never its value).
+        Error messages name parameters, never values: they end up in logs.
         """
         args = _parse(arguments)
-        unknown = sorted(str(k) for k in args if k not in {p.name for p in self.params})
+        known = {p.name for p in self.params}
+        unknown = sorted(str(k) for k in args if k not in known)
         if unknown:
             raise _Invalid(f"unexpected parameter {', '.join(map(repr, unknown))}")
         kwargs: dict[str, Any] = dict.fromkeys(self.context, ctx)
@@ -165,7 +162,7 @@ class _Tool:
             if value is None and not p.required:
                 kwargs[p.name] = None if p.name in args and p.nullable else p.default
             else:
-                kwargs[p.name] = p.type.convert(value, f"parameter {p.name!r}")
+                kwargs[p.name] = p.type.convert(value, p.name)
         return kwargs
 
 
@@ -185,11 +182,7 @@ def _parse(arguments: object) -> Mapping[Any, Any]:
 
 
 def _describe(hint: Any, where: str, *, top: bool) -> tuple[dict[str, Any], _Type, bool]:
-    """JSON Schema, checker and nullability for one hint.
-
-    Raises:
-        ToolError: for a hint outside ``_SUPPORTED``.
-    """
+    """JSON Schema, checker and nullability of one hint; ToolError outside ``_SUPPORTED``."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Annotated:
         schema, kind, nullable = _describe(args[0], where, top=top)
@@ -208,9 +201,7 @@ def _describe(hint: Any, where: str, *, top: bool) -> tuple[dict[str, Any], _Typ
         values = tuple(member.value for member in hint)
     if values:
         kinds = {_JSON_TYPES.get(type(v)) for v in values}
-        if len(kinds) == 1 and None not in kinds:
-            json = kinds.pop()
-            assert json is not None
+        if len(kinds) == 1 and (json := kinds.pop()) is not None:
             enum_cls = hint if origin is not Literal else None
             return {"type": json, "enum": list(values)}, _Type(json, values, enum_cls), False
     if origin is list and len(args) == 1:
@@ -244,7 +235,7 @@ def _build(fn: Callable[..., Any], name: str | None, description: str | None) ->
     try:
         signature = inspect.signature(fn)
         hints = typing.get_type_hints(fn, include_extras=True)
-    except (NameError, TypeError, ValueError) as exc:
+    except (NameError, SyntaxError, TypeError, ValueError) as exc:
         raise ToolError(f"tool {name!r}: cannot read its type hints: {exc}") from exc
     params: list[_Param] = []
     context: list[str] = []
@@ -254,7 +245,7 @@ def _build(fn: Callable[..., Any], name: str | None, description: str | None) ->
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
             raise ToolError(f"{where}: unsupported kind of parameter ({p.kind.description})")
         if p.name not in hints:
-            raise ToolError(f"{where}: unsupported type: missing annotation")
+            raise ToolError(f"{where}: missing type annotation")
         if hints[p.name] is ToolContext:
             context.append(p.name)
             continue
@@ -337,9 +328,8 @@ class Registry:
     def names(self) -> list[str]:
         return list(self._tools)
 
-    async def call(
-        self, name: str, arguments: object, ctx: ToolContext, *, timeout: float
-    ) -> ToolOutcome:
+    async def call(self, name: str, arguments: object, ctx: ToolContext, *,
+                   timeout: float) -> ToolOutcome:  # noqa: ASYNC109 (the tool's own deadline)
         """Run one tool call. Every failure becomes an error outcome the agent can talk around.
 
         Only cancellation escapes: it is the call ending, and must reach the call's TaskGroup.
@@ -387,11 +377,8 @@ def _ms(started: float) -> float:
 def load_tools(package: str = "tools") -> Registry:
     """Import every module of ``package`` and register the ``@tool`` functions defined there.
 
-    Skips ``registry`` and modules whose name starts with ``_``. Modules load in name order,
-    so the agent sees the tools in a stable order.
-
-    Raises:
-        ToolError: for a tool that cannot be described, or a name defined twice.
+    Skips ``registry`` and ``_``-prefixed modules. Modules load in name order, so the agent
+    sees the tools in a stable order. Raises ToolError for a bad tool or a duplicate name.
     """
     pkg = importlib.import_module(package)
     if not hasattr(pkg, "__path__"):
