@@ -100,6 +100,8 @@ class CallBridge:
         self._call: CallInfo | None = None
         self._problems: dict[str, int] = {}
         self._finished_by: str | None = None
+        # Observers (the simulator, the softphone) are also sent the call's events.
+        self._observe = False
         self.log = CallLog(logger, {"call": "connecting"})
 
     # ------------------------------------------------------------------ lifetime
@@ -129,7 +131,7 @@ class CallBridge:
             reason, code = "maximum call duration reached", 1000
         finally:
             self._tg = None
-            await self._teardown(code)
+            await self._teardown(code, self._finished_by or reason)
             self._log_end(reason, time.monotonic() - started)
         return reason
 
@@ -173,6 +175,7 @@ class CallBridge:
                 token, call_sid, now=time.time(), purpose=self._purpose)):
             raise CallEnded("stream rejected: missing or invalid per-call token", 1008)
         self.log.extra = {"call": call_sid}
+        self._observe = self._purpose == "phone" or params.get("observe") == "1"
         self._call = CallInfo(
             call_sid=call_sid,
             caller=str(params.get("caller", "")),
@@ -184,7 +187,7 @@ class CallBridge:
                       self._call.caller or "unknown", self._call.called or "unknown")
         return msg
 
-    async def _teardown(self, close_code: int) -> None:
+    async def _teardown(self, close_code: int, reason: str) -> None:
         agent, self._agent = self._agent, None
         if agent is not None:
             if self._session_opened and not self.protocol.ended:
@@ -201,6 +204,9 @@ class CallBridge:
         if (ws.client_state is WebSocketState.CONNECTED
                 and ws.application_state is WebSocketState.CONNECTED):
             with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                if self._observe:
+                    await ws.send_text(orjson.dumps({"event": "relay.log", "kind": "call.end",
+                                                     "text": reason}).decode())
                 await ws.close(close_code)
 
     def _log_end(self, reason: str, duration: float) -> None:
@@ -297,6 +303,9 @@ class CallBridge:
                 await self._send_twilio(action.message)  # type: ignore[union-attr]
             elif kind is Log:
                 self.log.log(logging.getLevelName(action.level), "%s", action.message)  # type: ignore[union-attr]
+                if self._observe and action.kind:  # type: ignore[union-attr]
+                    await self._send_twilio({"event": "relay.log", "kind": action.kind,  # type: ignore[union-attr]
+                                             "text": action.message})  # type: ignore[union-attr]
             elif kind is RunTool:
                 assert self._tg is not None
                 self._tg.create_task(self._run_tool(action), name=f"tool {action.name}")  # type: ignore[arg-type, union-attr]

@@ -76,10 +76,14 @@ class Transfer:
 
 @dataclass(frozen=True, slots=True)
 class Log:
-    """A call event worth one log line; ``level`` is a ``logging`` level name."""
+    """A call event worth one log line; ``level`` is a ``logging`` level name.
+
+    ``kind`` names events an observer (the simulator, the softphone) may be shown.
+    """
 
     message: str
     level: str = "INFO"
+    kind: str | None = None
 
 
 Action = ToTwilio | ToAgent | RunTool | EndCall | Transfer | Log
@@ -165,7 +169,8 @@ class CallProtocol:
             if self._heard_caller:
                 return [ToAgent(agent.input_audio(payload))]
             self._heard_caller = True
-            return [ToAgent(agent.input_audio(payload)), Log("first caller audio sent to agent")]
+            return [ToAgent(agent.input_audio(payload)),
+                    Log("first caller audio sent to agent", kind="audio.caller")]
         if event == "start":
             return self._start(msg)
         if event == "mark":
@@ -229,7 +234,9 @@ class CallProtocol:
             return []  # late or unknown: after a clear every pending mark comes back
         reply_id, clears = sent
         heard = "flushed by barge-in" if clears != self._clears else "heard"
-        return [Log(f"reply {reply_id} {heard}", "DEBUG" if clears != self._clears else "INFO")]
+        if clears != self._clears:
+            return [Log(f"reply {reply_id} flushed by barge-in", "DEBUG")]
+        return [Log(f"reply {reply_id} heard", kind="reply.heard")]
 
     def _dtmf(self, msg: dict[str, Any]) -> list[Action]:
         body = msg.get("dtmf")
@@ -239,7 +246,7 @@ class CallProtocol:
         if not self.agent_ready:
             return [Log(f"caller pressed {digit} before the agent was ready; ignored", "WARNING")]
         text = f"The caller pressed the key {digit} on their phone keypad."
-        return [Log(f"caller pressed {digit}"), ToAgent(agent.reply_create(text))]
+        return [Log(f"caller pressed {digit}", kind="dtmf"), ToAgent(agent.reply_create(text))]
 
     # ------------------------------------------------------------------ agent side
 
@@ -270,10 +277,10 @@ class CallProtocol:
             if self._heard_agent:
                 return [out]
             self._heard_agent = True
-            return [out, Log("first agent audio sent to caller")]
+            return [out, Log("first agent audio sent to caller", kind="audio.agent")]
         if kind == "input.speech.started":
             self._settled = False
-            return [Log("caller started speaking (barge-in)", "DEBUG"), *self._clear()]
+            return [Log("caller started speaking: barge-in", kind="barge-in"), *self._clear()]
         if kind == "reply.started":
             return self._reply_started(msg)
         if kind == "reply.done":
@@ -281,7 +288,7 @@ class CallProtocol:
         if kind == "tool.call":
             return self._tool_call(msg)
         if kind == "transcript.user":
-            return [Log(f"user: {msg.get('text', '')}")]
+            return [Log(f"user: {msg.get('text', '')}", kind="transcript.user")]
         if kind == "transcript.agent":
             return self._transcript_agent(msg)
         if kind == "session.ready":
@@ -304,7 +311,7 @@ class CallProtocol:
         self.session_id = session_id if type(session_id) is str else None
         token = msg.get("resume_token")
         self.resume_token = token if type(token) is str and token else None
-        return [Log(f"agent ready (session {self.session_id})")]
+        return [Log(f"agent ready (session {self.session_id})", kind="agent.ready")]
 
     def _reply_started(self, msg: dict[str, Any]) -> list[Action]:
         reply_id = msg.get("reply_id")
@@ -329,7 +336,7 @@ class CallProtocol:
                 if self._tool_replies.get(cid) != reply_id
             ]
             actions += self._clear()
-            actions.append(Log(f"reply {reply_id} interrupted"))
+            actions.append(Log(f"reply {reply_id} interrupted", kind="reply.interrupted"))
         elif self.info is not None and reply_id is not None and len(self._marks) < MAX_PENDING_MARKS:
             self._mark_seq += 1
             name = f"{self._mark_seq}:{reply_id}"
@@ -350,8 +357,8 @@ class CallProtocol:
         if msg.get("interrupted") is True:
             reply_id = msg.get("reply_id")
             self._mute(reply_id if type(reply_id) is str else self._current_reply)
-            return [Log(f"agent (interrupted): {msg.get('text', '')}")]
-        return [Log(f"agent: {msg.get('text', '')}")]
+            return [Log(f"agent (interrupted): {msg.get('text', '')}", kind="transcript.agent")]
+        return [Log(f"agent: {msg.get('text', '')}", kind="transcript.agent")]
 
     def _tool_call(self, msg: dict[str, Any]) -> list[Action]:
         call_id = msg.get("call_id")
@@ -371,7 +378,7 @@ class CallProtocol:
         if type(name) is not str or not name or type(raw) is not dict:
             error = orjson.dumps({"error": "malformed tool call: arguments must be an object"})
             return self.tool_finished(call_id, error.decode(), is_error=True)
-        return [Log(f"tool call {name} ({call_id})"), RunTool(call_id, name, raw)]
+        return [Log(f"tool call {name} ({call_id})", kind="tool.call"), RunTool(call_id, name, raw)]
 
     def _error(self, msg: dict[str, Any]) -> list[Action]:
         code = str(msg.get("code") or "unknown")
@@ -390,9 +397,11 @@ class CallProtocol:
             return [Log(f"tool result {call_id} dropped: its reply was interrupted")]
         message = agent.tool_result(call_id, result, is_error=is_error)
         self._pending_results.append((call_id, message))
+        outcome = "failed" if is_error else "succeeded"
+        actions: list[Action] = [Log(f"tool {call_id} {outcome}: {result[:200]}", "DEBUG", "tool.result")]
         if self._immediate_results or self._settled:
-            return self._flush_results()
-        return []
+            actions += self._flush_results()
+        return actions
 
     def _flush_results(self) -> list[Action]:
         actions: list[Action] = []

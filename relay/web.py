@@ -1,9 +1,10 @@
 """HTTP and WebSocket routes, the lifespan and the one error boundary around each call.
 
-Routes: ``GET /healthz``, ``POST /twiml`` (Twilio's voice webhook), the ``/media`` stream, and
-``/local-agent`` when no AssemblyAI key is configured. Every webhook and every upgrade is
-authenticated before anything happens: Twilio signatures over ``PUBLIC_URL`` when the auth token
-is configured, loopback clients only when it is not.
+Routes: ``GET /healthz``, ``POST /twiml`` (Twilio's voice webhook), ``POST /call-status`` (call
+status callbacks), the ``/media`` stream, and ``/local-agent`` when no AssemblyAI key is
+configured. Every webhook and every upgrade is authenticated before anything happens: Twilio
+signatures over ``PUBLIC_URL`` when the auth token is configured, loopback clients only when it
+is not.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
+from twilio.twiml.voice_response import VoiceResponse
 
 from relay import twiml, twilio_rest
 from relay.bridge import CallBridge, Transferrer
@@ -32,6 +34,12 @@ log = logging.getLogger("relay.web")
 
 # Twilio <Parameter> values must stay under 500 characters (name + value).
 MAX_PARAMETER = 480
+# Webhook query parameters that become the call's <Parameter>s; the query is signed by Twilio.
+# ``observe=1`` also sends the call's events (transcripts, tools) on the stream: simulator only.
+PER_CALL_OPTIONS = ("greeting", "prompt", "observe")
+# Left on an answering machine by outbound calls placed with ``amd=message`` and no ``amd_message``.
+DEFAULT_MACHINE_MESSAGE = ("Hello, this is an automated call. Sorry we missed you; "
+                           "we will try again later. Goodbye.")
 
 
 def is_loopback(conn: HTTPConnection) -> bool:
@@ -90,12 +98,33 @@ class Relay:
         call_sid = form.get("CallSid")
         if not isinstance(call_sid, str) or not call_sid:
             return PlainTextResponse("CallSid is required", status_code=400)
-        extra = {k: v for k, v in request.query_params.items() if k in ("greeting", "prompt")}
+        answered_by, amd = str(form.get("AnsweredBy", "")), request.query_params.get("amd")
+        if amd in ("hangup", "message") and answered_by.startswith(("machine", "fax")):
+            leave_message = amd == "message" and answered_by != "fax"
+            log.info("[%s] answered by %s: %s", call_sid, answered_by,
+                     "leaving a message" if leave_message else "hanging up")
+            response = VoiceResponse()
+            if leave_message:
+                response.say(request.query_params.get("amd_message") or DEFAULT_MACHINE_MESSAGE)
+            response.hangup()
+            return Response(str(response), media_type="text/xml")
+        extra = {k: v for k, v in request.query_params.items() if k in PER_CALL_OPTIONS}
         params = self.stream_parameters(call_sid, form, extra)
         log.info("[%s] incoming call from %s to %s: connecting the stream", call_sid,
                  params["caller"] or "unknown", params["called"] or "unknown")
         return Response(twiml.connect_stream(self.settings.stream_url, params),
                         media_type="text/xml")
+
+    async def call_status(self, request: Request) -> Response:
+        """Twilio's status callback: log each transition of a call."""
+        form = await request.form()
+        if not self.signed(request, self.public_url(request), form):
+            log.warning("rejected /call-status request: bad or missing X-Twilio-Signature")
+            return PlainTextResponse("invalid signature", status_code=403)
+        details = [f"{key}={form[key]}" for key in ("CallDuration", "AnsweredBy") if form.get(key)]
+        log.info("[%s] call status: %s%s", form.get("CallSid") or "unknown",
+                 form.get("CallStatus") or "unknown", f" ({', '.join(details)})" if details else "")
+        return Response(status_code=204)
 
     async def media(self, ws: WebSocket) -> None:
         if not self.signed(ws, self.settings.stream_url, {}):
@@ -138,6 +167,7 @@ def create_app(
     routes: list[BaseRoute] = [
         Route("/healthz", relay.healthz, methods=["GET"]),
         Route("/twiml", relay.twiml, methods=["POST"]),
+        Route("/call-status", relay.call_status, methods=["POST"]),
         WebSocketRoute("/media", relay.media),
     ]
     if extra_routes is not None:

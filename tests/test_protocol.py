@@ -159,7 +159,7 @@ def test_completed_reply_gets_a_mark_and_its_echo_is_logged_heard_or_flushed() -
     name = mark.message["mark"]["name"]
     assert mark == ToTwilio({"event": "mark", "streamSid": SID, "mark": {"name": name}})
     echo = {"event": "mark", "streamSid": SID, "mark": {"name": name}}
-    assert call.twilio_message(echo) == [Log("reply r1 heard")]
+    assert call.twilio_message(echo) == [Log("reply r1 heard", kind="reply.heard")]
     assert call.twilio_message(echo) == []  # late duplicate: ignored
     call.agent_message({"type": "reply.done", "reply_id": "r2", "status": "completed"})
     name2 = f"2:r2"
@@ -216,7 +216,7 @@ def test_tool_result_waits_for_reply_done() -> None:
     call = started()
     call.agent_message({"type": "reply.started", "reply_id": "r1"})
     call.agent_message({"type": "tool.call", "call_id": "c1", "name": "f", "arguments": {}})
-    assert call.tool_finished("c1", '{"ok": 1}', is_error=False) == []
+    assert wire(call.tool_finished("c1", '{"ok": 1}', is_error=False)) == []
     result = ToAgent({"type": "tool.result", "call_id": "c1", "result": '{"ok": 1}', "is_error": False})
     assert result in call.agent_message({"type": "reply.done", "reply_id": "r1"})
 
@@ -226,19 +226,19 @@ def test_tool_result_is_sent_at_once_when_reply_done_is_the_latest_event() -> No
     call.agent_message({"type": "reply.started", "reply_id": "r1"})
     call.agent_message({"type": "tool.call", "call_id": "c1", "name": "f", "arguments": {}})
     call.agent_message({"type": "reply.done", "reply_id": "r1"})
-    assert len(call.tool_finished("c1", "{}", is_error=False)) == 1
+    assert len(wire(call.tool_finished("c1", "{}", is_error=False))) == 1
     # but not once the caller started speaking again
     call.agent_message({"type": "tool.call", "call_id": "c2", "name": "f", "arguments": {}})
     call.agent_message({"type": "reply.done"})
     call.agent_message({"type": "input.speech.started"})
-    assert call.tool_finished("c2", "{}", is_error=False) == []
+    assert wire(call.tool_finished("c2", "{}", is_error=False)) == []
 
 
 def test_immediate_timing_sends_results_at_once() -> None:
     call = started(tool_result_timing="immediate")
     call.agent_message({"type": "reply.started", "reply_id": "r1"})
     call.agent_message({"type": "tool.call", "call_id": "c1", "name": "f", "arguments": {}})
-    assert len(call.tool_finished("c1", "{}", is_error=False)) == 1
+    assert len(wire(call.tool_finished("c1", "{}", is_error=False))) == 1
 
 
 def test_results_of_an_interrupted_reply_are_dropped() -> None:

@@ -319,3 +319,18 @@ async def test_no_tasks_or_sockets_leak_after_many_calls(make_relay) -> None:
         assert len(asyncio.all_tasks()) <= baseline
         assert all(s.closed.is_set() for s in agent.sessions)
         assert len(agent.sessions) == 110
+
+
+async def test_observers_see_call_events_and_twilio_never_does(make_relay) -> None:
+    async with FakeAgent(script=greet).running() as agent, make_relay(agent) as relay:
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN,
+                                      webhook_path="/twiml?observe=1") as watched:
+            assert watched.stream.parameters["observe"] == "1"
+            await watched.wait_for("media", 3)
+            await watched.hang_up()
+        kinds = [m["kind"] for m in watched.events("relay.log")]
+        assert kinds[:3] == ["agent.ready", "audio.agent", "transcript.agent"]
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as plain:
+            await plain.wait_for("mark")
+            await plain.hang_up()
+        assert {m["event"] for m in plain.received} <= {"media", "mark", "clear"}

@@ -5,7 +5,7 @@ WebSocket upgrade to the ``<Stream>`` URL of the TwiML answer, ``connected``, ``
 all ``<Parameter>`` values as ``customParameters``), ``media`` frames, ``stop``. In floor mode the
 webhook is skipped and the stream URL is given. Marks are echoed back as Twilio does.
 
-One timer drives all calls: every 2 ms it sends the next frame of the calls whose phase is that
+One timer drives all calls: every 1 ms it sends the next frame of the calls whose phase is that
 slot, so each call sends every 20 ms and the calls are spread evenly over the period. Echoed
 frames are matched to sent ones by the id they carry (``frames.py``) and counted as lost,
 duplicated, reordered or altered; the relay drops frames until its agent session is ready, so a
@@ -29,7 +29,7 @@ from relay.bench import frames
 from relay.bench.wire import ClientProtocol
 
 PERIOD = 0.020
-SLOTS = 10
+SLOTS = 20
 FROM_NUMBER = "+15005550006"
 TO_NUMBER = "+15005550001"
 _MEDIA = (
@@ -110,6 +110,7 @@ class Call(ClientProtocol):
         self.account_sid = ""
         self.msg_seq = 0
         self.streaming = False
+        self.probe = False
         self.sent_ns: list[int] = []
         self.recv = bytearray()
         self.unique = 0
@@ -184,6 +185,8 @@ class Call(ClientProtocol):
         tally = self.tally
         if not self.first_media.done():
             self.first_media.set_result(now)
+        if self.probe:
+            return
         try:
             text = msg["media"]["payload"]
         except (KeyError, TypeError):
@@ -309,6 +312,8 @@ class LoadGenerator:
         self.calls.append(call)
         if stream:
             self.ticker.add(call)
+        else:
+            call.probe = True
         return call
 
     async def open_calls(self, n: int) -> None:
@@ -316,9 +321,9 @@ class LoadGenerator:
                                      limits=httpx.Limits(max_connections=32)) as client:
             await asyncio.gather(*(self.open_call(client, i) for i in range(n)))
 
-    async def wait_all_echoing(self, timeout: float) -> int:
+    async def wait_all_echoing(self, within: float) -> int:
         """Wait until every open call got an echo; return how many did not in time."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if all(c.min_seq >= 0 or not c.open for c in self.calls):
                 break
@@ -344,12 +349,12 @@ class LoadGenerator:
                 break
         return time.monotonic() - start
 
-    async def hang_up(self, timeout: float = 5.0) -> int:
+    async def hang_up(self, within: float = 5.0) -> int:
         """Hang up every call; return how many sockets had to be aborted."""
         for call in self.calls:
             if call.open:
                 call.hang_up()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         pending = [c for c in self.calls if not c.closed.done()]
         if pending:
             await asyncio.wait([c.closed for c in pending],
@@ -381,22 +386,22 @@ class LoadGenerator:
         }
 
 
-async def start_of_speech(target: Target, calls: int, timeout: float = 5.0,
+async def start_of_speech(target: Target, calls: int, within: float = 5.0,
                           ) -> tuple[list[float], list[str]]:
     """Per call, ms from sending ``start`` to the first ``media`` (the agent greets first)."""
     tally = Tally()
-    gen = LoadGenerator(target, tally, setup_timeout=timeout)
+    gen = LoadGenerator(target, tally, setup_timeout=within)
     results: list[float] = []
-    async with httpx.AsyncClient(timeout=timeout) as client:
+    async with httpx.AsyncClient(timeout=within) as client:
         for i in range(calls):
             call = await gen.open_call(client, i, stream=False)
             if call is None:
                 continue
             try:
-                first = await asyncio.wait_for(asyncio.shield(call.first_media), timeout)
+                first = await asyncio.wait_for(asyncio.shield(call.first_media), within)
                 results.append((first - call.start_ns) / 1e6)
             except TimeoutError:
-                gen.failures.append(f"call {i}: no media within {timeout} s of start")
+                gen.failures.append(f"call {i}: no media within {within} s of start")
             call.hang_up()
-            await call.wait_closed(timeout)
+            await call.wait_closed(within)
     return results, gen.failures + tally.problems

@@ -20,10 +20,20 @@ import psutil
 
 from relay.bench.fake_agent import FakeAgent
 from relay.bench.loadgen import LoadGenerator, Tally, Target, start_of_speech
-from relay.bench.target import BENCH_ACCOUNT, BENCH_TOKEN, RelayProcess, steal_ticks
+from relay.bench.target import (
+    BENCH_ACCOUNT,
+    BENCH_TOKEN,
+    LOAD_CORE,
+    RELAY_CORE,
+    RelayProcess,
+    busy_pct,
+    cpu_ticks,
+    steal_pct,
+)
 
 P99_LIMIT_MS = 20.0
 LOAD_SATURATED_PCT = 90.0
+CORE_SATURATED_PCT = 97.0
 FRAMES_PER_CALL_SECOND = 50
 
 
@@ -80,7 +90,7 @@ async def run_level(kind: str, calls: int, agent: FakeAgent, opts: LevelOptions,
         gen.ticker.start()
         t_setup = time.monotonic()
         await gen.open_calls(calls)
-        silent = await gen.wait_all_echoing(timeout=10.0)
+        silent = await gen.wait_all_echoing(within=10.0)
         result["setup_s"] = round(time.monotonic() - t_setup, 2)
         if silent:
             say(f"  {kind} {calls}: {silent} call(s) got no audio back within 10 s")
@@ -88,7 +98,7 @@ async def run_level(kind: str, calls: int, agent: FakeAgent, opts: LevelOptions,
 
         gen.ticker.lag_max = 0.0
         echoes0, agent_in0 = tally.echoes, agent.stats.audio_in
-        cpu0, load0, steal0 = relay.cpu(), me.cpu_times(), steal_ticks()
+        cpu0, load0, ticks0 = relay.cpu(), me.cpu_times(), cpu_ticks()
         t0_ns = time.perf_counter_ns()
         tally.window = (t0_ns, 1 << 62)
         rss_peak = relay.rss()
@@ -96,7 +106,7 @@ async def run_level(kind: str, calls: int, agent: FakeAgent, opts: LevelOptions,
         while (left := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(0.5, left))
             rss_peak = max(rss_peak, relay.rss())
-        cpu1, load1, steal1 = relay.cpu(), me.cpu_times(), steal_ticks()
+        cpu1, load1, ticks1 = relay.cpu(), me.cpu_times(), cpu_ticks()
         tally.window = (t0_ns, time.perf_counter_ns())
         relayed = (tally.echoes - echoes0) + (agent.stats.audio_in - agent_in0)
         lag_max = gen.ticker.lag_max
@@ -110,7 +120,7 @@ async def run_level(kind: str, calls: int, agent: FakeAgent, opts: LevelOptions,
         say(f"  {kind} {calls}: {result['error']}")
         if gen is not None:
             gen.stop_streaming()
-            await gen.hang_up(timeout=2.0)
+            await gen.hang_up(within=2.0)
         exit_code = await relay.stop()
         result.update(relay_exit=exit_code, relay_log=relay.log_findings(),
                       frames=gen.accounting() if gen else {}, latency_ms={"p99": None})
@@ -121,7 +131,8 @@ async def run_level(kind: str, calls: int, agent: FakeAgent, opts: LevelOptions,
     relay_cpu = cpu1.cpu - cpu0.cpu
     load_cpu = (load1.user + load1.system) - (load0.user + load0.system)
     lat = sorted(x / 1e6 for x in tally.latencies_ns)
-    d_steal, d_total = steal1[0] - steal0[0], steal1[1] - steal0[1]
+    load_pct = load_cpu / wall * 100
+    load_core = busy_pct(ticks0, ticks1, LOAD_CORE) if opts.pin else None
     result.update({
         "frames_per_s": round(relayed / wall, 1),
         "expected_frames_per_s": calls * FRAMES_PER_CALL_SECOND * 2,
@@ -135,10 +146,12 @@ async def run_level(kind: str, calls: int, agent: FakeAgent, opts: LevelOptions,
             "max": _r(lat[-1] if lat else None), "samples": len(lat),
         },
         "frames": gen.accounting(),
-        "load_cpu_pct": round(load_cpu / wall * 100, 1),
-        "load_saturated": load_cpu / wall * 100 > LOAD_SATURATED_PCT,
+        "relay_core_busy_pct": busy_pct(ticks0, ticks1, RELAY_CORE) if opts.pin else None,
+        "load_cpu_pct": round(load_pct, 1),
+        "load_core_busy_pct": load_core,
+        "load_saturated": load_pct > LOAD_SATURATED_PCT or (load_core or 0) > CORE_SATURATED_PCT,
         "load_timer_lag_max_ms": round(lag_max * 1000, 2),
-        "steal_pct": round(d_steal / d_total * 100, 2) if d_total else None,
+        "steal_pct": steal_pct(ticks0, ticks1),
         "drain_s": round(drain_s, 2),
         "sockets_aborted": aborted,
         "agent": _agent(agent),
@@ -196,8 +209,8 @@ async def find_max(kind: str, agent: FakeAgent, opts: LevelOptions, *, start: in
 
 
 def _brief(r: dict[str, Any]) -> dict[str, Any]:
-    keys = ("calls", "passes", "cpu_pct", "cpu_us_per_frame", "load_cpu_pct", "load_saturated",
-            "steal_pct", "error")
+    keys = ("calls", "passes", "cpu_pct", "cpu_us_per_frame", "relay_core_busy_pct",
+            "load_cpu_pct", "load_core_busy_pct", "load_saturated", "steal_pct", "error")
     out = {k: r[k] for k in keys if k in r}
     out["p99_ms"] = r["latency_ms"]["p99"]
     acc = r.get("frames") or {}
@@ -210,9 +223,11 @@ async def speech_start(agent: FakeAgent, calls: int, opts: LevelOptions) -> dict
     log_path = opts.log_dir / f"ours-greeting-{int(time.time() * 1000)}.log"
     relay = RelayProcess("ours", agent.url, log_path, greeting=True, pin=opts.pin)
     agent.reset()
-    await relay.start()
     try:
+        await relay.start()
         values, problems = await start_of_speech(make_target(relay), calls)
+    except (RuntimeError, OSError) as exc:
+        values, problems = [], [f"{type(exc).__name__}: {exc}"]
     finally:
         await relay.stop()
     values.sort()

@@ -35,8 +35,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_PINNABLE = hasattr(os, "sched_setaffinity") and {RELAY_CORE, LOAD_CORE} <= set(
+    os.sched_getaffinity(0))
+
+
 def can_pin() -> bool:
-    return hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+    """True when this process may use both the relay core and the load core."""
+    return _PINNABLE
 
 
 @dataclass
@@ -74,16 +79,21 @@ class RelayProcess:
         return [sys.executable, "-m", "relay.bench.floor", "--host", "127.0.0.1",
                 "--port", str(self.port), "--agent-url", self.agent_url], env
 
-    async def start(self, timeout: float = 20.0) -> None:
-        """Spawn, pin to the relay core, and poll ``/healthz`` until it answers 200."""
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the process, output to the log file, pinned to the relay core."""
         argv, env = self.command()
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if self.pin:
-            os.sched_setaffinity(self.proc.pid, {RELAY_CORE})
-        self.ps = psutil.Process(self.proc.pid)
-        deadline = time.monotonic() + timeout
+            os.sched_setaffinity(proc.pid, {RELAY_CORE})
+        self.ps = psutil.Process(proc.pid)
+        return proc
+
+    async def start(self, within: float = 20.0) -> None:
+        """Spawn, then poll ``/healthz`` until it answers 200."""
+        self.proc = self.spawn()
+        deadline = time.monotonic() + within
         async with httpx.AsyncClient(timeout=1.0) as client:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
@@ -96,7 +106,7 @@ class RelayProcess:
                     pass
                 await asyncio.sleep(0.1)
         await self.stop()
-        raise RuntimeError(f"{self.kind} relay not healthy within {timeout} s:\n"
+        raise RuntimeError(f"{self.kind} relay not healthy within {within} s:\n"
                            + self.log_tail())
 
     def _procs(self) -> list[psutil.Process]:
@@ -126,18 +136,17 @@ class RelayProcess:
                 pass
         return total
 
-    async def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout``; return the exit code."""
+    async def stop(self, grace: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; return the exit code."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while self.proc.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if self.proc.poll() is None:
+            try:
+                await asyncio.to_thread(self.proc.wait, grace)
+            except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(5)
+                await asyncio.to_thread(self.proc.wait, 5)
         return self.proc.returncode
 
     def log_tail(self, lines: int = 30) -> str:
@@ -159,12 +168,39 @@ class RelayProcess:
                 "examples": [line[:300] for line in (bad + warn)[:limit]]}
 
 
-def steal_ticks() -> tuple[int, int]:
-    """(steal, total) jiffies of all CPUs from /proc/stat, or (0, 0) where there is none."""
+def cpu_ticks() -> dict[str, list[int]]:
+    """Jiffies per line of /proc/stat: ``cpu`` (all) and ``cpu0``, ``cpu1``…; {} elsewhere.
+
+    Fields: user nice system idle iowait irq softirq steal.
+    """
+    out: dict[str, list[int]] = {}
     try:
         with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
+            for line in f:
+                if not line.startswith("cpu"):
+                    break
+                name, *fields = line.split()
+                out[name] = [int(x) for x in fields[:8]] + [0] * (8 - len(fields[:8]))
     except (OSError, ValueError):
-        return 0, 0
-    steal = fields[7] if len(fields) > 7 else 0
-    return steal, sum(fields[:8])
+        return {}
+    return out
+
+
+def steal_pct(before: dict[str, list[int]], after: dict[str, list[int]]) -> float | None:
+    """Hypervisor steal, % of all CPU time between two samples."""
+    if "cpu" not in before or "cpu" not in after:
+        return None
+    delta = [a - b for a, b in zip(after["cpu"], before["cpu"], strict=True)]
+    total = sum(delta)
+    return round(delta[7] / total * 100, 2) if total else None
+
+
+def busy_pct(before: dict[str, list[int]], after: dict[str, list[int]], core: int,
+             ) -> float | None:
+    """% of the time core ``core`` was not idle (user, system, irq, softirq, steal)."""
+    name = f"cpu{core}"
+    if name not in before or name not in after:
+        return None
+    delta = [a - b for a, b in zip(after[name], before[name], strict=True)]
+    total = sum(delta)
+    return round((total - delta[3] - delta[4]) / total * 100, 1) if total else None

@@ -16,6 +16,7 @@ import os
 import random
 import struct
 from collections.abc import Mapping
+from typing import cast
 
 try:
     from websockets.speedups import apply_mask
@@ -69,8 +70,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
@@ -182,10 +182,10 @@ class WebSocketProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    async def wait_closed(self, timeout: float) -> None:
-        """Wait for TCP to close, then force it."""
+    async def wait_closed(self, within: float) -> None:
+        """Wait up to ``within`` seconds for TCP to close, then force it."""
         try:
-            await asyncio.wait_for(asyncio.shield(self.closed), timeout)
+            await asyncio.wait_for(asyncio.shield(self.closed), within)
         except TimeoutError:
             self.abort()
 
