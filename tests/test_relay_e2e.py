@@ -333,4 +333,4 @@ async def test_observers_see_call_events_and_twilio_never_does(make_relay) -> No
         async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as plain:
             await plain.wait_for("mark")
             await plain.hang_up()
-        assert {m["event"] for m in plain.received} <= {"media", "mark", "clear"}
+        assert {r.message["event"] for r in plain.received} <= {"media", "mark", "clear"}
