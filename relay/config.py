@@ -45,6 +45,8 @@ class Settings:
     relay_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     log_level: str = "INFO"
     phone_enabled: bool = True
+    # Lets clients other than this machine use the softphone (HTTP Basic, any user name).
+    phone_password: str | None = field(default=None, repr=False)
     transfer_number: str | None = None
     transfer_allowed: tuple[str, ...] = ()
     tool_result_timing: ToolResultTiming = "after_reply"
@@ -132,6 +134,7 @@ class Settings:
         take("AGENT_VOICE", "agent_voice")
         take("LOG_LEVEL", "log_level", _log_level)
         take("PHONE_ENABLED", "phone_enabled", _bool)
+        take("PHONE_PASSWORD", "phone_password")
         take("TRANSFER_NUMBER", "transfer_number", _e164)
         take("TRANSFER_ALLOWED", "transfer_allowed", _e164_list)
         take("TOOL_RESULT_TIMING", "tool_result_timing", _choice("after_reply", "immediate"))
