@@ -27,6 +27,7 @@ from twilio.twiml.voice_response import VoiceResponse
 from relay import twiml, twilio_rest
 from relay.bridge import CallBridge, Transferrer
 from relay.config import Settings
+from relay.local_agent import local_agent_endpoint
 from relay.security import StreamTokens, is_from_twilio
 from tools.registry import Registry
 
@@ -170,6 +171,8 @@ def create_app(
         Route("/call-status", relay.call_status, methods=["POST"]),
         WebSocketRoute("/media", relay.media),
     ]
+    if settings.local_agent:
+        routes.append(WebSocketRoute("/local-agent", local_agent_endpoint(settings.agent_key)))
     if extra_routes is not None:
         routes += extra_routes(relay)
     app = Starlette(routes=routes, lifespan=relay.lifespan)
