@@ -69,6 +69,7 @@ def main() -> int:
         ws_max_size=TWILIO_MAX_MESSAGE,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
+        log_config=None,
     )
     return 0
 
