@@ -46,7 +46,7 @@ MAX_RING_SECONDS = 600
 REST_TIMEOUT = 15.0
 HEALTH_TIMEOUT = 3.0
 
-TRIAL_ADVICE = ("trial accounts can only call verified numbers: verify {to} in the Twilio console "
+TRIAL_ADVICE = ("a trial account only calls verified numbers: verify {to} in the Twilio console "
                 "(Phone Numbers > Manage > Verified Caller IDs), or upgrade the account")
 FROM_ADVICE = ("set TWILIO_PHONE_NUMBER (or --from) to a voice-capable Twilio number of this "
                "account, or to a verified caller ID, in E.164")
@@ -310,6 +310,16 @@ def _is_local(url: str) -> bool:
         return False
 
 
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a positive number of seconds")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m relay.outbound",
@@ -342,10 +352,10 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--wait", action="store_true",
                         help="follow the call (ringing, answered, completed with its duration) "
                              "until it ends; exit status 1 if it was not answered")
-    parser.add_argument("--max-wait", type=float, metavar="SECONDS",
+    parser.add_argument("--max-wait", type=_seconds, metavar="SECONDS",
                         help="with --wait: stop following after this long (default: the ring "
                              "time plus MAX_CALL_SECONDS plus a minute)")
-    parser.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS",
+    parser.add_argument("--poll-interval", type=_seconds, default=1.0, metavar="SECONDS",
                         help="with --wait: how often to ask Twilio for the call's status "
                              "(default: 1)")
     return parser

@@ -95,9 +95,10 @@ class SimulatedCall:
         playback_speed: float = 0.0,
         form: dict[str, str] | None = None,
         webhook_path: str = "/twiml",
+        call_sid: str | None = None,
     ) -> AsyncIterator[SimulatedCall]:
         """Place a call; ``connect_to`` replaces the stream URL's host (e.g. behind a tunnel)."""
-        call_sid, stream_sid = new_sid("CA"), new_sid("MZ")
+        call_sid, stream_sid = call_sid or new_sid("CA"), new_sid("MZ")
         params = {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": caller,
                   "To": called, "CallStatus": "ringing", "Direction": "inbound",
                   "ApiVersion": "2010-04-01", **(form or {})}

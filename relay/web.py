@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 from twilio.twiml.voice_response import VoiceResponse
 
-from relay import twiml, twilio_rest
+from relay import twilio_rest, twiml
 from relay.bridge import CallBridge, Transferrer
 from relay.config import Settings
 from relay.local_agent import local_agent_endpoint
