@@ -356,6 +356,8 @@ class CallBridge:
 
     async def _do_transfer(self, number: str) -> None:
         assert self._transfer is not None and self._call is not None
+        if self._finished_by is not None:
+            return  # the goodbye's mark and the deadline may both get here: transfer once
         self._finished_by = f"transferred to {number}"
         try:
             await self._transfer(self._call.call_sid, number)
