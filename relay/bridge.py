@@ -364,7 +364,8 @@ class CallBridge:
         except (TwilioException, OSError, TimeoutError):
             self.log.exception("transfer to %s failed; hanging up", number)
             raise CallEnded("transfer failed", 1011) from None
-        self.log.info("call transferred to %s", number)
+        # The call now runs the <Dial>; the agent session ends now rather than at Twilio's stop.
+        raise CallEnded(f"transferred to {number}")
 
     def can_transfer(self) -> bool:
         return self._transfer is not None

@@ -704,9 +704,8 @@ async def test_transfer_to_a_number_not_allowed_is_refused(make_relay) -> None:
     assert c.session.violations == []
 
 
-async def test_transfer_happens_once_even_if_the_stream_outlives_the_hangup_timeout(
-        make_relay) -> None:
-    """The hang-up deadline must not fire a second transfer after the first succeeded."""
+async def test_transfer_happens_once_and_ends_the_agent_session(make_relay) -> None:
+    """The hang-up deadline must not fire a second transfer; the session ends at once."""
     hangup_timeout = 0.3 * MS
 
     async def script(session: AgentSession) -> None:
@@ -719,9 +718,11 @@ async def test_transfer_happens_once_even_if_the_stream_outlives_the_hangup_time
                        twilio_api_base_url=rest.url, transfer_number=TRANSFER_TO,
                        hangup_timeout=hangup_timeout) as c:
         await rest.wait_for(1)
-        await asyncio.sleep(hangup_timeout + 0.1 * MS)  # Twilio is slow to end the stream
-        assert len(rest.requests) == 1, "the call was transferred twice"
-        await c.call.hang_up()
+        # once transferred, the relay ends the agent session and closes the stream itself
+        assert await c.call.wait_closed(3 * MS) == 1000
         async with asyncio.timeout(3 * MS):
             await c.session.closed.wait()
+        assert c.session.ended.is_set()
+        await asyncio.sleep(hangup_timeout + 0.1 * MS)  # past the hang-up deadline
+        assert len(rest.requests) == 1, "the call was transferred twice"
     assert c.session.violations == []
