@@ -18,7 +18,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -283,7 +283,7 @@ class CallBridge:
         if type(msg) is not dict:
             self._bad("Twilio: message is not a JSON object")
             return None
-        return msg  # type: ignore[no-any-return]
+        return msg
 
     def _bad(self, problem: str) -> None:
         count = self._problems.get(problem, 0)
@@ -296,25 +296,24 @@ class CallBridge:
 
     async def _perform(self, actions: list[Action]) -> None:
         for action in actions:
-            kind = type(action)
-            if kind is ToAgent:
-                await self._send_agent(action.message)  # type: ignore[union-attr]
-            elif kind is ToTwilio:
-                await self._send_twilio(action.message)  # type: ignore[union-attr]
-            elif kind is Log:
-                self.log.log(logging.getLevelName(action.level), "%s", action.message)  # type: ignore[union-attr]
-                if self._observe and action.kind:  # type: ignore[union-attr]
-                    await self._send_twilio({"event": "relay.log", "kind": action.kind,  # type: ignore[union-attr]
-                                             "text": action.message})  # type: ignore[union-attr]
-            elif kind is RunTool:
+            if isinstance(action, ToAgent):
+                await self._send_agent(action.message)
+            elif isinstance(action, ToTwilio):
+                await self._send_twilio(action.message)
+            elif isinstance(action, Log):
+                self.log.log(logging.getLevelName(action.level), "%s", action.message)
+                if self._observe and action.kind:
+                    await self._send_twilio({"event": "relay.log", "kind": action.kind,
+                                             "text": action.message})
+            elif isinstance(action, RunTool):
                 assert self._tg is not None
-                self._tg.create_task(self._run_tool(action), name=f"tool {action.name}")  # type: ignore[arg-type, union-attr]
-            elif kind is EndCall:
-                raise CallEnded(action.reason)  # type: ignore[union-attr]
-            elif kind is Transfer:
-                await self._do_transfer(action.number)  # type: ignore[union-attr]
+                self._tg.create_task(self._run_tool(action), name=f"tool {action.name}")
+            elif isinstance(action, EndCall):
+                raise CallEnded(action.reason)
+            elif isinstance(action, Transfer):
+                await self._do_transfer(action.number)
 
-    async def _send_agent(self, message: dict[str, Any]) -> None:
+    async def _send_agent(self, message: Mapping[str, Any]) -> None:
         agent = self._agent
         if agent is None:
             return
@@ -324,7 +323,7 @@ class CallBridge:
             code = exc.rcvd.code if exc.rcvd else 1006
             raise CallEnded(f"agent connection lost (close code {code})", 1011) from None
 
-    async def _send_twilio(self, message: dict[str, Any]) -> None:
+    async def _send_twilio(self, message: Mapping[str, Any]) -> None:
         try:
             await self._twilio.send_text(orjson.dumps(message).decode())
         except (WebSocketDisconnect, OSError, RuntimeError):

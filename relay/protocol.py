@@ -49,12 +49,12 @@ _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 @dataclass(frozen=True, slots=True)
 class ToTwilio:
-    message: dict[str, Any]
+    message: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class ToAgent:
-    message: dict[str, Any]
+    message: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +157,9 @@ class CallProtocol:
             if self.info is None:
                 raise ProtocolViolation("media before start")
             body = msg.get("media")
-            payload = body.get("payload") if type(body) is dict else None
+            if type(body) is not dict:
+                raise ProtocolViolation("media without a media object")
+            payload = body.get("payload")
             if type(payload) is not str or not is_base64(payload):
                 raise ProtocolViolation("media payload is not base64")
             if body.get("track", "inbound") != "inbound":

@@ -223,7 +223,7 @@ def _jsonable(value: Any) -> tuple[bool, Any]:
 
 
 def _build(fn: Callable[..., Any], name: str | None, description: str | None) -> _Tool:
-    name = name or getattr(fn, "__name__", "")
+    name = name or str(getattr(fn, "__name__", ""))
     if not _NAME.fullmatch(name):
         raise ToolError(f"tool {name!r}: a name must be 1-64 letters, digits, '_' or '-'")
     if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
