@@ -75,6 +75,7 @@ class SimulatedCall:
     heard: bytearray = field(default_factory=bytearray)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     close_code: int | None = None
+    posted_at: float = 0.0  # monotonic time the webhook was posted
     _seq: int = 1
     _chunk: int = 0
     _queued_until: float = 0.0
@@ -104,8 +105,8 @@ class SimulatedCall:
                   "ApiVersion": "2010-04-01", **(form or {})}
         url = base_url.rstrip("/") + webhook_path
         headers = {"X-Twilio-Signature": twilio_signature(auth_token, url, params)} if auth_token else {}
-        started = time.monotonic()
         async with httpx.AsyncClient(timeout=10) as http:
+            started = time.monotonic()
             response = await http.post(url, data=params, headers=headers)
         response.raise_for_status()
         webhook_ms = (time.monotonic() - started) * 1000
@@ -117,6 +118,7 @@ class SimulatedCall:
             target = connect_to.rstrip("/") + parts.path
         ws = await connect(target, additional_headers=ws_headers, compression=None, open_timeout=10)
         call = cls(ws, call_sid, stream_sid, stream, webhook_ms, playback_speed)
+        call.posted_at = started
         tasks = [asyncio.create_task(call._read()), asyncio.create_task(call._echo_marks())]
         try:
             await call.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
