@@ -119,6 +119,8 @@ class CallBridge:
                     connecting = tg.create_task(self._connect_agent(), name="agent connect")
                     start = await self._await_start()
                     agent = await connecting
+                    if isinstance(agent, CallEnded):
+                        raise agent  # raised only now, so an observer is told why
                     await self._perform(self.protocol.twilio_message(start))
                     self._session_opened = True
                     tg.create_task(self._pump_agent(agent), name="agent->twilio")
@@ -135,7 +137,7 @@ class CallBridge:
             self._log_end(reason, time.monotonic() - started)
         return reason
 
-    async def _connect_agent(self) -> ClientConnection:
+    async def _connect_agent(self) -> ClientConnection | CallEnded:
         s = self._settings
         try:
             self._agent = await connect(
@@ -149,7 +151,7 @@ class CallBridge:
                 ping_timeout=20,
             )
         except (OSError, InvalidHandshake, TimeoutError) as exc:
-            raise CallEnded(f"agent unreachable: {type(exc).__name__}: {exc}", 1011) from None
+            return CallEnded(f"agent unreachable: {type(exc).__name__}: {exc}", 1011)
         return self._agent
 
     async def _await_start(self) -> dict[str, Any]:
@@ -309,7 +311,7 @@ class CallBridge:
                 assert self._tg is not None
                 self._tg.create_task(self._run_tool(action), name=f"tool {action.name}")
             elif isinstance(action, EndCall):
-                raise CallEnded(action.reason)
+                raise CallEnded(action.reason, action.code)
             elif isinstance(action, Transfer):
                 await self._do_transfer(action.number)
 

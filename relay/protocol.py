@@ -67,6 +67,7 @@ class RunTool:
 @dataclass(frozen=True, slots=True)
 class EndCall:
     reason: str
+    code: int = 1000  # the close code for the Twilio stream: 1011 when something failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +283,8 @@ class CallProtocol:
             return [out, Log("first agent audio sent to caller", kind="audio.agent")]
         if kind == "input.speech.started":
             self._settled = False
+            if self._current_reply is None and not self._marks:
+                return [Log("caller started speaking", "DEBUG"), *self._clear()]
             return [Log("caller started speaking: barge-in", kind="barge-in"), *self._clear()]
         if kind == "reply.started":
             return self._reply_started(msg)
@@ -386,7 +389,7 @@ class CallProtocol:
         code = str(msg.get("code") or "unknown")
         text = f"agent error {code}: {msg.get('message', '')}"
         if agent.is_fatal(code):
-            return [Log(text, "ERROR"), EndCall(f"agent error {code}")]
+            return [Log(text, "ERROR"), EndCall(f"agent error {code}", 1011)]
         return [Log(text, "WARNING")]
 
     # ------------------------------------------------------------------ tools and finishing

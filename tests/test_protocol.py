@@ -190,7 +190,9 @@ def test_stop_and_session_ended_end_the_call() -> None:
 ])
 def test_agent_errors_are_classified(msg: dict[str, object], fatal: bool) -> None:
     actions = started().agent_message(msg)
-    assert any(isinstance(a, EndCall) for a in actions) is fatal
+    ends = [a for a in actions if isinstance(a, EndCall)]
+    assert bool(ends) is fatal
+    assert all(end.code == 1011 for end in ends)
 
 
 def test_tool_call_accepts_arguments_or_args_as_object_or_string() -> None:

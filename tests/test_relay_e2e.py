@@ -142,7 +142,16 @@ async def test_fatal_agent_error_hangs_up(make_relay) -> None:
 
     async with FakeAgent(script=script).running() as agent, make_relay(agent) as relay:
         async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
-            assert await call.wait_closed(3 * MS) == 1000
+            assert await call.wait_closed(3 * MS) == 1011
+
+
+async def test_observer_is_told_why_the_agent_was_unreachable(make_relay) -> None:
+    async with FakeAgent(refuse_status=503).running() as agent, make_relay(agent) as relay:
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN,
+                                      webhook_path="/twiml?observe=1") as call:
+            assert await call.wait_closed(3 * MS) == 1011
+        (end,) = [m for m in call.events("relay.log") if m["kind"] == "call.end"]
+        assert "agent unreachable" in end["text"] and "503" in end["text"]
 
 
 async def test_wrong_agent_key_hangs_up(make_relay) -> None:
