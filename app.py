@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 
 from relay.config import Settings
 from relay.errors import ConfigError, ToolError
+from relay.phone import phone_routes
 from relay.web import create_app as create_web_app
 from tools.registry import load_tools
 
@@ -45,7 +46,11 @@ def build(settings: Settings) -> Starlette:
     log.info("tools: %s", ", ".join(registry.names()) or "none")
     log.info("Twilio voice webhook: POST %s/twiml; media stream: %s",
              settings.public_base, settings.stream_url)
-    return create_web_app(settings, registry)
+    if settings.phone_enabled:
+        log.info("browser softphone: http://localhost:%d/phone (this machine only%s)",
+                 settings.port, "; others with PHONE_PASSWORD" if settings.phone_password else "")
+    return create_web_app(settings, registry,
+                          extra_routes=phone_routes if settings.phone_enabled else None)
 
 
 def create_app() -> Starlette:

@@ -1,0 +1,170 @@
+"""The browser softphone: a page that calls the agent from a browser, as Twilio would.
+
+Routes (mounted with ``create_app(..., extra_routes=phone_routes)`` when ``PHONE_ENABLED``):
+
+* ``GET /phone``: the page; its scripts are ``/phone/phone.js``, ``/phone/worklet.js`` (the
+  audio thread) and ``/phone/g711.js`` (the μ-law codec).
+* ``POST /phone/session``: mints one call: a ``CA``/``MZ`` pair, the media stream URL and a
+  stream token for purpose ``phone`` that expires a minute later.
+* ``/phone/media``: the page's stream. It speaks the Twilio Media Streams protocol and is
+  bridged by the same code as a Twilio stream; the minted token is its authentication.
+
+The page and the mint are open to this machine (a loopback client that asked for a loopback
+host name, not through a proxy), and to others only with HTTP Basic authentication whose
+password is ``PHONE_PASSWORD`` (any user name). Browsers only give a page the microphone in a
+secure context, so from another machine the page must be served over HTTPS.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+import re
+import secrets
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from relay.config import Settings
+from relay.web import Relay, is_loopback
+
+STATIC = Path(__file__).parent / "static"
+# The page asks for its session and opens the stream at once: a minute is plenty.
+PHONE_TOKEN_TTL = 60
+REALM = 'Basic realm="relay phone"'
+UNSAFE_IN_HOST = re.compile(r"[^A-Za-z0-9.:\[\]_-]")
+FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+LOCAL_NAMES = ("localhost",)
+# The page loads nothing from elsewhere and may only talk to the server it came from.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self' {ws}; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+# Scripts the page loads, by URL name under /phone/ and file name in static/.
+ASSETS = {"phone.js": "phone.js", "worklet.js": "phone-worklet.js", "g711.js": "g711.js"}
+
+
+def new_sid(prefix: str) -> str:
+    """A Twilio-style id: the two-letter prefix and 32 hex digits."""
+    return prefix + secrets.token_hex(16)
+
+
+def _is_local_name(host_header: str) -> bool:
+    host = urlsplit("//" + host_header).hostname or ""
+    if host in LOCAL_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_local(conn: HTTPConnection) -> bool:
+    """A browser on this machine: loopback peer, loopback host name, no proxy in between.
+
+    The host name check keeps out pages whose own domain was made to resolve to 127.0.0.1
+    (DNS rebinding); the proxy check keeps out everyone a local tunnel or proxy forwards.
+    """
+    if not is_loopback(conn) or not _is_local_name(conn.headers.get("host", "")):
+        return False
+    return not any(name in conn.headers for name in FORWARDING_HEADERS)
+
+
+def basic_password(authorization: str) -> str | None:
+    """The password of an HTTP Basic ``Authorization`` header, or None."""
+    scheme, _, encoded = authorization.partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, colon, password = decoded.partition(":")
+    return password if colon else None
+
+
+def phone_access(conn: HTTPConnection, settings: Settings) -> Response | None:
+    """None when this client may use the softphone, else the response refusing it."""
+    if is_local(conn):
+        return None
+    expected = settings.phone_password
+    if not expected:
+        return PlainTextResponse(
+            "The softphone is only open to browsers on this machine (http://localhost:"
+            f"{settings.port}/phone). To use it from elsewhere, set PHONE_PASSWORD and serve "
+            "it over HTTPS.\n", status_code=403)
+    given = basic_password(conn.headers.get("authorization", ""))
+    if given is not None and hmac.compare_digest(given.encode(), expected.encode()):
+        return None
+    return PlainTextResponse("The softphone needs a password (PHONE_PASSWORD).\n",
+                             status_code=401, headers={"WWW-Authenticate": REALM})
+
+
+def same_origin(request: Request) -> bool:
+    """False when a browser says the request comes from a page on another site."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower()
+
+
+def stream_url(request: Request) -> str:
+    """The ``/phone/media`` URL on the host the page was loaded from."""
+    scheme = "wss" if request.url.scheme in ("https", "wss") else "ws"
+    host = UNSAFE_IN_HOST.sub("", request.headers.get("host") or request.url.netloc)
+    return f"{scheme}://{host}/phone/media"
+
+
+def phone_routes(relay: Relay) -> list[BaseRoute]:
+    """The softphone's routes, for ``create_app(..., extra_routes=phone_routes)``."""
+    settings = relay.settings
+    page = (STATIC / "phone.html").read_bytes()
+
+    async def phone_page(request: Request) -> Response:
+        refused = phone_access(request, settings)
+        if refused is not None:
+            return refused
+        headers = {**PAGE_HEADERS, "Content-Security-Policy": CSP.format(ws=stream_url(request))}
+        return Response(page, media_type="text/html; charset=utf-8", headers=headers)
+
+    def asset(name: str) -> Route:
+        body = (STATIC / ASSETS[name]).read_bytes()
+
+        async def serve(request: Request) -> Response:
+            return Response(body, media_type="text/javascript; charset=utf-8",
+                            headers={"Cache-Control": "no-cache",
+                                     "X-Content-Type-Options": "nosniff"})
+
+        return Route(f"/phone/{name}", serve, methods=["GET"])
+
+    async def phone_session(request: Request) -> Response:
+        refused = phone_access(request, settings)
+        if refused is not None:
+            return refused
+        if not same_origin(request):
+            return PlainTextResponse("cross-site request refused\n", status_code=403)
+        call_sid, stream_sid = new_sid("CA"), new_sid("MZ")
+        token = relay.tokens.mint(call_sid, now=time.time(), ttl=PHONE_TOKEN_TTL, purpose="phone")
+        return JSONResponse({"stream_url": stream_url(request), "call_sid": call_sid,
+                             "stream_sid": stream_sid, "token": token},
+                            headers={"Cache-Control": "no-store"})
+
+    async def phone_media(ws: WebSocket) -> None:
+        await relay.serve_call(ws, purpose="phone")
+
+    return [
+        Route("/phone", phone_page, methods=["GET"]),
+        Route("/phone/session", phone_session, methods=["POST"]),
+        *(asset(name) for name in ASSETS),
+        WebSocketRoute("/phone/media", phone_media),
+    ]
