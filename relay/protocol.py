@@ -236,9 +236,8 @@ class CallProtocol:
         if sent is None:
             return []  # late or unknown: after a clear every pending mark comes back
         reply_id, clears = sent
-        heard = "flushed by barge-in" if clears != self._clears else "heard"
         if clears != self._clears:
-            return [Log(f"reply {reply_id} flushed by barge-in", "DEBUG")]
+            return [Log(f"reply {reply_id} flushed by barge-in", "DEBUG", kind="reply.flushed")]
         return [Log(f"reply {reply_id} heard", kind="reply.heard")]
 
     def _dtmf(self, msg: dict[str, Any]) -> list[Action]:

@@ -165,7 +165,7 @@ def test_completed_reply_gets_a_mark_and_its_echo_is_logged_heard_or_flushed() -
     name2 = f"2:r2"
     call.agent_message({"type": "input.speech.started"})
     assert call.twilio_message({"event": "mark", "mark": {"name": name2}}) == [
-        Log("reply r2 flushed by barge-in", "DEBUG")]
+        Log("reply r2 flushed by barge-in", "DEBUG", kind="reply.flushed")]
 
 
 def test_dtmf_reaches_the_agent_as_a_reply_request() -> None:

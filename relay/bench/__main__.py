@@ -24,7 +24,7 @@ from typing import Any
 
 from relay.bench import report
 from relay.bench.fake_agent import FakeAgent
-from relay.bench.runner import LevelOptions, find_max, run_level, speech_start
+from relay.bench.runner import LevelOptions, find_max, measure, speech_start
 from relay.bench.target import LOAD_CORE, PROJECT_ROOT, RELAY_CORE, can_pin
 
 RELAYS = ("ours", "floor")
@@ -48,15 +48,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m relay.bench", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Columns: frames/s = frames crossing the relay per second, both directions (an "
-               "echoed frame counts twice); µs/frame = relay CPU time (user+system) per such "
-               "frame; CPU% = relay CPU, % of one core; core% = how busy the relay's core was, "
-               "kernel network work (softirq) included; RSS MB = relay peak RSS under load; "
-               "KB/call = (RSS under load - idle RSS) / calls; p50/p99/max = round trip "
-               "load generator -> relay -> fake agent -> relay -> load generator on loopback; "
-               "lost/dup/reord/alt = frames lost, duplicated, reordered, altered; load% = CPU "
-               "of the load side (load generator + fake agent, one process); steal% = "
-               "hypervisor steal over the window. The ratio row is ours/floor.",
+        epilog=(
+            "Columns: frames/s = frames crossing the relay per second, both directions (an "
+            "echoed frame counts twice); µs/frame = relay CPU time (user+system) per such frame; "
+            "CPU% = relay CPU, % of one core; core% = how busy the relay's core was, kernel "
+            "network work (softirq) included; RSS MB = relay peak RSS under load; KB/call = "
+            "(RSS under load - idle RSS) / calls; p50/p99/max = round trip load generator -> "
+            "relay -> fake agent -> relay -> load generator on loopback, for frames sent in the "
+            "window; lost/dup/reord/alt = frames lost, duplicated, reordered, altered; load% = "
+            "CPU of the load side (load generator + fake agent, one process), % of one core; "
+            "other% = CPU used by other processes (high means a busy machine: figures "
+            "disturbed), % of one core; steal% = hypervisor steal over the window. The "
+            "ratio row is ours/floor."
+        ),
     )
     p.add_argument("--calls", type=_calls, default=[10, 50, 100, 200], metavar="N,N,…",
                    help="concurrency levels: calls streaming at once (default 10,50,100,200)")
@@ -78,6 +82,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--speech-calls", type=int, default=10,
                    help="calls for the start-of-speech probe of ours, greeting on; 0 skips it "
                         "(default 10)")
+    p.add_argument("--noise-limit", type=float, default=10.0, metavar="PCT",
+                   help="a level is 'noisy' when CPU used by neither the relay nor the load side "
+                        "exceeds PCT %% of a core, or steal exceeds 5 %% (default 10)")
+    p.add_argument("--noisy-retries", type=int, default=1, metavar="N",
+                   help="run a noisy level again up to N times and keep the quietest "
+                        "(default 1)")
     p.add_argument("--json", type=Path, default=Path("bench-results.json"), metavar="PATH",
                    help="where to write all results as JSON (default bench-results.json)")
     p.add_argument("--log-dir", type=Path, default=None,
@@ -99,24 +109,28 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     if "ours" in args.relays and not (PROJECT_ROOT / "app.py").exists():
         raise SystemExit(f"no app.py in {PROJECT_ROOT}: run with --relays floor")
     opts = LevelOptions(seconds=args.seconds, warmup=args.warmup, log_dir=args.log_dir,
-                        pin=pinned)
+                        pin=pinned, noise_limit=args.noise_limit,
+                        noisy_retries=args.noisy_retries)
     data: dict[str, Any] = {"machine": info, "settings": {
         "calls": args.calls, "seconds": args.seconds, "warmup": args.warmup,
         "relays": args.relays, "frame_ms": 20, "frame_bytes": 160,
+        "noise_limit_pct": args.noise_limit, "noisy_retries": args.noisy_retries,
     }, "levels": []}
     started = time.monotonic()
     async with FakeAgent() as agent:
         for calls in args.calls:
             for kind in args.relays:
                 print(f"level: {kind}, {calls} calls, {args.seconds:g} s …", flush=True)
-                result = await run_level(kind, calls, agent, opts)
+                result = await measure(kind, calls, agent, opts)
                 data["levels"].append(result)
         if "ours" in args.relays and args.speech_calls > 0:
             print(f"start of speech: ours, {args.speech_calls} calls …", flush=True)
             data["start_of_speech"] = await speech_start(agent, args.speech_calls, opts)
         if args.find_max:
             fm_opts = LevelOptions(seconds=args.find_max_seconds, warmup=1.0,
-                                   log_dir=args.log_dir, pin=pinned)
+                                   log_dir=args.log_dir, pin=pinned,
+                                   noise_limit=args.noise_limit,
+                                   noisy_retries=args.noisy_retries)
             data["find_max"] = [
                 await find_max(kind, agent, fm_opts, start=args.find_max_start,
                                limit=args.find_max_limit)

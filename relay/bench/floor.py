@@ -16,20 +16,21 @@ from http import HTTPStatus
 
 import orjson
 from websockets.asyncio.client import connect
-from websockets.asyncio.server import serve
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 
 UPDATE = orjson.dumps({"type": "session.update", "session": {
     "input": {"format": {"encoding": "audio/pcmu"}},
     "output": {"format": {"encoding": "audio/pcmu"}}}}).decode()
 
 
-def health(connection, request):  # noqa: ANN001, ANN201 - websockets process_request hook
+def health(connection: ServerConnection, request: Request) -> Response | None:
     if request.path == "/healthz":
         return connection.respond(HTTPStatus.OK, "ok\n")
     return None
 
 
-async def bridge(twilio, agent_url: str, key: str) -> None:  # noqa: ANN001
+async def bridge(twilio: ServerConnection, agent_url: str, key: str) -> None:
     loads, dumps = orjson.loads, orjson.dumps
     while (start := loads(await twilio.recv(decode=False))).get("event") != "start":
         pass
@@ -63,7 +64,7 @@ async def bridge(twilio, agent_url: str, key: str) -> None:  # noqa: ANN001
 async def main(host: str, port: int, agent_url: str) -> None:
     key = os.environ.get("ASSEMBLYAI_API_KEY", "bench")
 
-    async def handler(twilio) -> None:  # noqa: ANN001
+    async def handler(twilio: ServerConnection) -> None:
         with contextlib.suppress(Exception):
             await bridge(twilio, agent_url, key)
 

@@ -29,6 +29,7 @@ COLUMNS: tuple[tuple[str, int, int, Callable[[dict[str, Any]], Any]], ...] = (
     ("reord", 5, 0, lambda lv: _acc(lv, "reordered")),
     ("alt", 3, 0, lambda lv: _acc(lv, "altered")),
     ("load%", 5, 0, lambda lv: lv.get("load_cpu_pct")),
+    ("other%", 6, 0, lambda lv: lv.get("other_cpu_pct")),
     ("steal%", 6, 1, lambda lv: lv.get("steal_pct")),
 )
 # ours/floor ratios: (column header, key of a level or of its latency_ms)
@@ -88,7 +89,9 @@ def _fmt(value: Any, width: int, digits: int) -> str:
 
 
 def _row(level: dict[str, Any]) -> str:
-    flag = " E" if "error" in level else (" L" if level.get("load_saturated") else "")
+    flag = " E" if "error" in level else ""
+    flag += " L" if level.get("load_saturated") else ""
+    flag += " N" if level.get("noisy") else ""
     return "  ".join(_fmt(get(level), w, d) for _, w, d, get in COLUMNS) + flag
 
 
@@ -131,8 +134,9 @@ def table(levels: list[dict[str, Any]]) -> str:
         if "ours" in group and "floor" in group:
             lines.append(_ratio_row(ratios(group["ours"], group["floor"])))
     lines.append("flags: L = load side saturated (its process > 90 % of its core, or the core "
-                 "> 97 % busy): figures bound by the load, not the relay; E = level failed "
-                 "(see JSON)")
+                 "> 97 % busy): figures bound by the load, not the relay; N = noisy: other "
+                 "work on the machine (other%) or steal was high, even after a rerun; E = level "
+                 "failed (see JSON)")
     return "\n".join(lines)
 
 
@@ -141,6 +145,7 @@ def find_max_lines(results: list[dict[str, Any]]) -> str:
     by_kind = {r["relay"]: r for r in results}
     for r in results:
         note = " (load side saturated: a lower bound)" if r["load_limited"] else ""
+        note += " (busy machine: a lower bound)" if r.get("noisy") else ""
         lines.append(f"max calls on one core, p99 < 20 ms and no loss: {r['relay']} "
                      f"{r['max_calls']} (first failing: {r['first_failing']}){note}")
     if "ours" in by_kind and "floor" in by_kind and by_kind["floor"]["max_calls"]:

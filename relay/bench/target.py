@@ -204,3 +204,17 @@ def busy_pct(before: dict[str, list[int]], after: dict[str, list[int]], core: in
     delta = [a - b for a, b in zip(after[name], before[name], strict=True)]
     total = sum(delta)
     return round((total - delta[3] - delta[4]) / total * 100, 1) if total else None
+
+
+def busy_seconds(before: dict[str, list[int]], after: dict[str, list[int]],
+                 ) -> tuple[float, float] | None:
+    """CPU seconds all cores together spent (in tasks, in interrupts) between two samples.
+
+    Interrupt time (irq + softirq) is mostly the kernel moving loopback packets; task time is
+    user + system (+ nice), which process counters account for.
+    """
+    if "cpu" not in before or "cpu" not in after:
+        return None
+    d = [a - b for a, b in zip(after["cpu"], before["cpu"], strict=True)]
+    hz = os.sysconf("SC_CLK_TCK")
+    return (d[0] + d[1] + d[2]) / hz, (d[5] + d[6]) / hz
