@@ -1,7 +1,8 @@
 """Composition root: configuration, tools and the web app, and ``python app.py`` to serve.
 
-Nothing reads the environment at import time: ``main()`` (or ``create_app()`` under
-``uvicorn app:create_app --factory``) loads ``.env`` and builds everything from it.
+Nothing reads the environment at import time: ``main()`` loads ``.env``, builds everything
+from it and serves with ``relay.server.config``. ``create_app()`` builds the app alone, for
+embedding; media streams need the server protocol that ``relay.server`` configures.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import uvicorn
 from dotenv import load_dotenv
 from starlette.applications import Starlette
 
+from relay import server
 from relay.config import Settings
 from relay.errors import ConfigError, ToolError
 from relay.phone import phone_routes
@@ -21,10 +23,6 @@ from relay.web import create_app as create_web_app
 from tools.registry import load_tools
 
 log = logging.getLogger("relay")
-
-# Twilio's largest message is `start` with its <Parameter>s: a few KiB.
-TWILIO_MAX_MESSAGE = 64 * 1024
-
 
 def load_settings() -> Settings:
     load_dotenv()
@@ -54,7 +52,7 @@ def build(settings: Settings) -> Starlette:
 
 
 def create_app() -> Starlette:
-    """App factory for ``uvicorn app:create_app --factory``."""
+    """The app, configured from the environment (serve it with ``relay.server.config``)."""
     return build(load_settings())
 
 
@@ -65,18 +63,10 @@ def main() -> int:
     except (ConfigError, ToolError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        ws="websockets-sansio",
-        ws_per_message_deflate=False,
-        ws_max_size=TWILIO_MAX_MESSAGE,
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=10,
-        log_config=None,
-    )
-    return 0
+    serving = uvicorn.Server(server.config(app, host=settings.host, port=settings.port,
+                                           log_level=settings.log_level.lower()))
+    serving.run()
+    return 0 if serving.started else 1  # e.g. the port was taken
 
 
 if __name__ == "__main__":

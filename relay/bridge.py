@@ -6,9 +6,14 @@ in it, so ending the call ends every task of the call. A pump finishes the call 
 ``CallEnded`` (the TaskGroup "terminate" recipe); teardown then ends the agent session
 (``session.end``, so billing stops at once) and closes both sockets.
 
-The agent socket is opened by ``AgentLeg`` as soon as Twilio's upgrade is accepted, so the
+The agent socket (an ``AgentLink``) is opened as soon as Twilio's upgrade is accepted, so the
 network handshake overlaps Twilio's ``connected``/``start``; ``session.update`` is sent only
 once ``start`` carried a valid per-call token, so a forged stream never opens a session.
+
+The hot path has no queue and at most one task switch: a Twilio message is read by the Twilio
+pump and written to the agent at once; an agent message is handled in the link's
+``data_received`` callback and written to Twilio at once (``relay.server``'s ``send_text``
+extension). Both writes are bounded: a peer that stops reading ends the call.
 """
 
 from __future__ import annotations
@@ -18,16 +23,16 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import orjson
-from twilio.base.exceptions import TwilioException
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
+from twilio.base.exceptions import TwilioException
+from websockets.exceptions import InvalidHandshake
 
 from relay import agent_messages
+from relay.agent_link import AgentLink, LinkClosed, Message
 from relay.config import Settings
 from relay.errors import ProtocolViolation
 from relay.protocol import (
@@ -42,6 +47,7 @@ from relay.protocol import (
     Transfer,
 )
 from relay.security import StreamTokens
+from relay.server import SEND_TEXT
 from tools.registry import CallInfo, Registry, ToolContext
 
 logger = logging.getLogger("relay.call")
@@ -92,8 +98,12 @@ class CallBridge:
             ),
             tool_result_timing=settings.tool_result_timing,
         )
-        self._agent: ClientConnection | None = None
+        self._send_twilio_now: Callable[[bytes], None] = twilio_ws.scope["extensions"][SEND_TEXT]
+        self._agent: AgentLink | None = None
         self._session_opened = False
+        self._ended: asyncio.Future[CallEnded] | None = None
+        self._agent_done = asyncio.Event()  # session.ended received, or the link is gone
+        self._tearing_down = False
         self._tg: asyncio.TaskGroup | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.get_ident()
@@ -109,8 +119,9 @@ class CallBridge:
     async def run(self) -> str:
         """Serve the call until either side ends it; returns the reason."""
         started = time.monotonic()
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
+        self._ended = finished = loop.create_future()
         reason, code = "relay error", 1011
         try:
             async with asyncio.timeout(self._settings.max_call_seconds):
@@ -121,10 +132,12 @@ class CallBridge:
                     agent = await connecting
                     if isinstance(agent, CallEnded):
                         raise agent  # raised only now, so an observer is told why
-                    await self._perform(self.protocol.twilio_message(start))
+                    if finished.done():
+                        raise finished.result()
+                    self._perform(self.protocol.twilio_message(start))
                     self._session_opened = True
-                    tg.create_task(self._pump_agent(agent), name="agent->twilio")
-                    await self._pump_twilio()
+                    tg.create_task(self._pump_twilio(), name="twilio->agent")
+                    raise await finished  # agent->twilio runs in the link's callbacks
         except* CallEnded as group:
             ended = group.exceptions[0]
             assert isinstance(ended, CallEnded)
@@ -137,22 +150,30 @@ class CallBridge:
             self._log_end(reason, time.monotonic() - started)
         return reason
 
-    async def _connect_agent(self) -> ClientConnection | CallEnded:
+    async def _connect_agent(self) -> AgentLink | CallEnded:
         s = self._settings
         try:
-            self._agent = await connect(
+            link = await AgentLink.open(
                 s.agent_url,
-                additional_headers={"Authorization": f"Bearer {s.agent_key}"},
-                compression=None,
+                headers={"Authorization": f"Bearer {s.agent_key}"},
+                on_message=self._on_agent_message,
                 open_timeout=s.agent_open_timeout,
-                close_timeout=s.agent_close_timeout,
                 max_size=AGENT_MAX_MESSAGE,
-                ping_interval=20,
-                ping_timeout=20,
             )
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             return CallEnded(f"agent unreachable: {type(exc).__name__}: {exc}", 1011)
-        return self._agent
+        self._agent = link
+        link.closed.add_done_callback(self._agent_closed)
+        return link
+
+    def _agent_closed(self, closed: asyncio.Future[LinkClosed]) -> None:
+        self._agent_done.set()
+        self._end(_agent_gone(closed.result()))
+
+    def _end(self, ended: CallEnded) -> None:
+        """Finish the call from a callback (the first reason wins)."""
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(ended)
 
     async def _await_start(self) -> dict[str, Any]:
         """Read until ``start`` and check its per-call token."""
@@ -164,7 +185,7 @@ class CallBridge:
                         continue
                     if msg.get("event") == "start":
                         break
-                    await self._twilio_message(msg)
+                    self._twilio_message(msg)
         except TimeoutError:
             raise CallEnded("no start message from Twilio", 1008) from None
         start = msg.get("start")
@@ -190,25 +211,23 @@ class CallBridge:
         return msg
 
     async def _teardown(self, close_code: int, reason: str) -> None:
+        self._tearing_down = True
         agent, self._agent = self._agent, None
+        timeout = self._settings.agent_close_timeout
         if agent is not None:
             if self._session_opened and not self.protocol.ended:
-                with contextlib.suppress(ConnectionClosed, TimeoutError):
-                    await agent.send(orjson.dumps(agent_messages.session_end()), text=True)
-                    async with asyncio.timeout(self._settings.agent_close_timeout):
-                        while True:
-                            msg = orjson.loads(await agent.recv(decode=False))
-                            if type(msg) is dict and msg.get("type") == "session.ended":
-                                self.log.info("agent session ended")
-                                break
-            await agent.close()
+                with contextlib.suppress(LinkClosed, TimeoutError):
+                    agent.send(orjson.dumps(agent_messages.session_end()))
+                    async with asyncio.timeout(timeout):
+                        await self._agent_done.wait()
+            await agent.close(close_timeout=timeout)
         ws = self._twilio
         if (ws.client_state is WebSocketState.CONNECTED
                 and ws.application_state is WebSocketState.CONNECTED):
             with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
                 if self._observe:
-                    await ws.send_text(orjson.dumps({"event": "relay.log", "kind": "call.end",
-                                                     "text": reason}).decode())
+                    self._send_twilio_now(orjson.dumps(
+                        {"event": "relay.log", "kind": "call.end", "text": reason}))
                 await ws.close(close_code)
 
     def _log_end(self, reason: str, duration: float) -> None:
@@ -246,33 +265,39 @@ class CallBridge:
             except ProtocolViolation as exc:
                 self._bad(f"Twilio: {exc}")
                 continue
-            await self._perform(actions)
+            self._perform(actions)
 
-    async def _twilio_message(self, msg: dict[str, Any]) -> None:
+    def _twilio_message(self, msg: dict[str, Any]) -> None:
         try:
-            await self._perform(self.protocol.twilio_message(msg))
+            self._perform(self.protocol.twilio_message(msg))
         except ProtocolViolation as exc:
             self._bad(f"Twilio: {exc}")
 
-    async def _pump_agent(self, agent: ClientConnection) -> None:
-        handle = self.protocol.agent_message
+    def _on_agent_message(self, raw: Message) -> None:
+        """One agent message, from the link's ``data_received``: it must never raise."""
+        if self._tearing_down:
+            self._await_session_ended(raw)
+            return
         try:
-            while True:
-                raw = await agent.recv(decode=False)
-                try:
-                    actions = handle(orjson.loads(raw))
-                except orjson.JSONDecodeError:
-                    self._bad("malformed JSON from agent")
-                    continue
-                except ProtocolViolation as exc:
-                    self._bad(f"agent: {exc}")
-                    continue
-                await self._perform(actions)
-        except ConnectionClosedOK:
-            raise CallEnded("agent closed the connection") from None
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else 1006
-            raise CallEnded(f"agent connection lost (close code {code})", 1011) from None
+            self._perform(self.protocol.agent_message(orjson.loads(raw)))
+        except orjson.JSONDecodeError:
+            self._bad("malformed JSON from agent")
+        except ProtocolViolation as exc:
+            self._bad(f"agent: {exc}")
+        except CallEnded as ended:
+            self._end(ended)
+        except Exception:
+            self.log.exception("relay error on an agent message")
+            self._end(CallEnded("relay error", 1011))
+        if self.protocol.ended:
+            self._agent_done.set()
+
+    def _await_session_ended(self, raw: Message) -> None:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            msg = orjson.loads(raw)
+            if type(msg) is dict and msg.get("type") == "session.ended":
+                self.log.info("agent session ended")
+                self._agent_done.set()
 
     def _decode(self, text: str | None) -> dict[str, Any] | None:
         if text is None:
@@ -296,39 +321,48 @@ class CallBridge:
 
     # ------------------------------------------------------------------ actions
 
-    async def _perform(self, actions: list[Action]) -> None:
+    def _perform(self, actions: list[Action]) -> None:
+        """Carry out the protocol's actions in order; every write happens now.
+
+        Raises:
+            CallEnded: an action ends the call, or a peer is gone.
+        """
         for action in actions:
-            if isinstance(action, ToAgent):
-                await self._send_agent(action.message)
-            elif isinstance(action, ToTwilio):
-                await self._send_twilio(action.message)
+            if type(action) is ToAgent:
+                self._send_agent(action.message)
+            elif type(action) is ToTwilio:
+                self._send_twilio(action.message)
             elif isinstance(action, Log):
                 self.log.log(logging.getLevelName(action.level), "%s", action.message)
                 if self._observe and action.kind:
-                    await self._send_twilio({"event": "relay.log", "kind": action.kind,
-                                             "text": action.message})
+                    self._send_twilio({"event": "relay.log", "kind": action.kind,
+                                       "text": action.message})
             elif isinstance(action, RunTool):
-                assert self._tg is not None
-                self._tg.create_task(self._run_tool(action), name=f"tool {action.name}")
+                self._task(self._run_tool(action), f"tool {action.name}")
             elif isinstance(action, EndCall):
                 raise CallEnded(action.reason, action.code)
             elif isinstance(action, Transfer):
-                await self._do_transfer(action.number)
+                self._task(self._do_transfer(action.number), "transfer")
 
-    async def _send_agent(self, message: Mapping[str, Any]) -> None:
+    def _task(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        if self._tg is None:  # the call is already over
+            work.close()
+            return
+        self._tg.create_task(work, name=name)
+
+    def _send_agent(self, message: Mapping[str, Any]) -> None:
         agent = self._agent
         if agent is None:
             return
         try:
-            await agent.send(orjson.dumps(message), text=True)
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else 1006
-            raise CallEnded(f"agent connection lost (close code {code})", 1011) from None
+            agent.send(orjson.dumps(message))
+        except LinkClosed as exc:
+            raise _agent_gone(exc) from None
 
-    async def _send_twilio(self, message: Mapping[str, Any]) -> None:
+    def _send_twilio(self, message: Mapping[str, Any]) -> None:
         try:
-            await self._twilio.send_text(orjson.dumps(message).decode())
-        except (WebSocketDisconnect, OSError, RuntimeError):
+            self._send_twilio_now(orjson.dumps(message))
+        except OSError:
             raise CallEnded("caller hung up") from None
 
     # ------------------------------------------------------------------ tools and call control
@@ -339,7 +373,7 @@ class CallBridge:
                           control=_Control(self, action.call_id))
         outcome = await self._registry.call(action.name, action.arguments, ctx,
                                             timeout=self._settings.tool_timeout)
-        await self._perform(self.protocol.tool_finished(
+        self._perform(self.protocol.tool_finished(
             action.call_id, outcome.result, is_error=outcome.is_error))
 
     def finish_after_goodbye(self, action: Finish, call_id: str | None) -> None:
@@ -353,7 +387,7 @@ class CallBridge:
     async def _finish_deadline(self, action: Finish) -> None:
         await asyncio.sleep(self._settings.hangup_timeout)
         self.log.info("no goodbye heard within %.0f s", self._settings.hangup_timeout)
-        await self._perform([action])
+        self._perform([action])
 
     async def _do_transfer(self, number: str) -> None:
         assert self._transfer is not None and self._call is not None
@@ -370,6 +404,10 @@ class CallBridge:
 
     def can_transfer(self) -> bool:
         return self._transfer is not None
+
+
+def _agent_gone(closed: LinkClosed) -> CallEnded:
+    return CallEnded(str(closed), 1000 if closed.clean else 1011)
 
 
 class _Control:

@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 import uvicorn
+from starlette.routing import BaseRoute
 
+from relay import server
 from relay.config import Settings
-from relay.web import create_app
+from relay.web import Relay, create_app
 from tests.fakes import KEY, FakeAgent
 from tools.registry import Registry
 
@@ -52,26 +54,28 @@ def test_settings(port: int, agent_url: str, **overrides: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def run_relay(settings_for: Callable[[int], Settings], registry: Registry) -> AsyncIterator[RunningRelay]:
+async def run_relay(
+    settings_for: Callable[[int], Settings],
+    registry: Registry,
+    extra_routes: Callable[[Relay], list[BaseRoute]] | None = None,
+) -> AsyncIterator[RunningRelay]:
     """uvicorn serving the real app on 127.0.0.1:0, configured as ``app.py`` configures it."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     settings = settings_for(sock.getsockname()[1])
-    config = uvicorn.Config(create_app(settings, registry), ws="websockets-sansio",
-                            ws_per_message_deflate=False, ws_max_size=64 * 1024,
-                            log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    app = create_app(settings, registry, extra_routes=extra_routes)
+    serving = uvicorn.Server(server.config(app, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(serving.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(5):
-            while not server.started:
+            while not serving.started:
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.005)
-        yield RunningRelay(settings, server)
+        yield RunningRelay(settings, serving)
     finally:
-        server.should_exit = True
+        serving.should_exit = True
         await asyncio.wait_for(task, 10)
         sock.close()
 

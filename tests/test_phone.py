@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import time
@@ -26,7 +25,6 @@ from typing import Any, BinaryIO
 import httpx
 import orjson
 import pytest
-import uvicorn
 from starlette.requests import Request
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -35,7 +33,6 @@ from relay import audio
 from relay.config import Settings
 from relay.phone import phone_access, phone_routes
 from relay.security import StreamTokens, twilio_signature
-from relay.web import create_app
 from tests import conftest
 from tests.conftest import AUTH_TOKEN, MS, RunningRelay
 from tests.fakes import AgentSession, FakeAgent
@@ -55,27 +52,11 @@ def lucky_number() -> int:
 @contextlib.asynccontextmanager
 async def phone_relay(agent: FakeAgent, **overrides: Any) -> AsyncIterator[RunningRelay]:
     """The real app with the softphone mounted, served on 127.0.0.1:0 by uvicorn."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    settings = conftest.test_settings(sock.getsockname()[1], agent.url, phone_enabled=True,
-                                      **overrides)
-    app = create_app(settings, Registry([lucky_number]), extra_routes=phone_routes)
-    config = uvicorn.Config(app, ws="websockets-sansio", ws_per_message_deflate=False,
-                            ws_max_size=64 * 1024, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(5):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.005)
-        yield RunningRelay(settings, server)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
+    async with conftest.run_relay(
+        lambda port: conftest.test_settings(port, agent.url, phone_enabled=True, **overrides),
+        Registry([lucky_number]), extra_routes=phone_routes,
+    ) as relay:
+        yield relay
 
 
 # ---------------------------------------------------------------------- access rules

@@ -162,7 +162,7 @@ def test_completed_reply_gets_a_mark_and_its_echo_is_logged_heard_or_flushed() -
     assert call.twilio_message(echo) == [Log("reply r1 heard", kind="reply.heard")]
     assert call.twilio_message(echo) == []  # late duplicate: ignored
     call.agent_message({"type": "reply.done", "reply_id": "r2", "status": "completed"})
-    name2 = f"2:r2"
+    name2 = "2:r2"
     call.agent_message({"type": "input.speech.started"})
     assert call.twilio_message({"event": "mark", "mark": {"name": name2}}) == [
         Log("reply r2 flushed by barge-in", "DEBUG", kind="reply.flushed")]

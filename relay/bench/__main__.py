@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -167,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     args.log_dir.mkdir(parents=True, exist_ok=True)
     if can_pin() and not args.no_pin:
         os.sched_setaffinity(0, {LOAD_CORE})
-    try:
+    run: Callable[[Coroutine[Any, Any, dict[str, Any]]], dict[str, Any]] = asyncio.run
+    with contextlib.suppress(ImportError):
         import uvloop
-    except ImportError:
-        uvloop = None
-    run = uvloop.run if uvloop is not None else asyncio.run
+
+        run = uvloop.run
     data = run(bench(args))
     report.write_json(args.json, data)
     print_report(data)

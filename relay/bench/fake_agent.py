@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
 
 import orjson
+from websockets.http11 import Request
 
-from relay.bench.wire import ServerProtocol
+from relay.bench.ws_endpoint import ServerEndpoint
 
 REPLY_ID = "reply_bench"
 GREETING_AUDIO = base64.b64encode(b"\xff" * 160).decode()
@@ -47,7 +49,7 @@ class AgentStats:
             self.problems.append(text)
 
 
-class AgentSession(ServerProtocol):
+class AgentSession(ServerEndpoint):
     """One agent WebSocket connection."""
 
     def __init__(self, stats: AgentStats) -> None:
@@ -56,12 +58,12 @@ class AgentSession(ServerProtocol):
         self.updated = False
         self.ended = False
 
-    def accept_request(self, path: str, headers: Mapping[bytes, bytes]) -> str | None:
-        auth = headers.get(b"authorization", b"")
-        if not auth.startswith(b"Bearer ") or len(auth) <= 7:
+    def refuse(self, request: Request) -> HTTPStatus | None:
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or len(auth) <= 7:
             self.stats.refused += 1
             self.stats.problem(f"upgrade without Bearer authorization: {auth[:20]!r}")
-            return "401 Unauthorized"
+            return HTTPStatus.UNAUTHORIZED
         self.stats.connections += 1
         return None
 
@@ -94,8 +96,10 @@ class AgentSession(ServerProtocol):
         elif kind not in ("session.update", "reply.create", "tool.result"):
             self._bad(f"unexpected message type {kind!r}")
 
-    def _first(self, msg: dict, kind: object) -> None:
-        session = msg.get("session") if isinstance(msg.get("session"), dict) else {}
+    def _first(self, msg: object, kind: object) -> None:
+        session: dict[str, Any] = {}
+        if isinstance(msg, dict) and isinstance(msg.get("session"), dict):
+            session = msg["session"]
         formats = [(session.get(side) or {}).get("format") or {} for side in ("input", "output")]
         if kind != "session.update" or any(f.get("encoding") != "audio/pcmu" for f in formats):
             self._bad(f"first message is not a pcmu session.update: {str(msg)[:120]}")

@@ -12,7 +12,9 @@ import argparse
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable, Coroutine
 from http import HTTPStatus
+from typing import Any
 
 import orjson
 from websockets.asyncio.client import connect
@@ -78,9 +80,10 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--agent-url", required=True)
     args = parser.parse_args()
-    try:
+    run: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
+    with contextlib.suppress(ImportError):
         import uvloop
-    except ImportError:
-        uvloop = None
+
+        run = uvloop.run
     with contextlib.suppress(KeyboardInterrupt):
-        (uvloop.run if uvloop else asyncio.run)(main(args.host, args.port, args.agent_url))
+        run(main(args.host, args.port, args.agent_url))

@@ -19,14 +19,16 @@ import secrets
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from typing import Any
 
 import httpx
 import orjson
 from twilio.request_validator import RequestValidator
+from websockets.exceptions import InvalidURI
+from websockets.uri import WebSocketURI, parse_uri
 
 from relay.bench import frames
-from relay.bench.wire import ClientProtocol
+from relay.bench.ws_endpoint import ClientEndpoint
 
 PERIOD = 0.020
 SLOTS = 20
@@ -95,13 +97,12 @@ class Target:
         return stream.get("url", ""), custom
 
 
-class Call(ClientProtocol):
+class Call(ClientEndpoint):
     """One simulated Twilio media stream."""
 
-    def __init__(self, idx: int, url: str, headers: dict[str, str], tally: Tally) -> None:
-        parts = urlsplit(url)
-        super().__init__(parts.netloc, (parts.path or "/") + (f"?{parts.query}" if parts.query
-                                                               else ""), headers)
+    def __init__(self, idx: int, uri: WebSocketURI, headers: dict[str, str], tally: Tally,
+                 ) -> None:
+        super().__init__(uri, headers)
         self.idx = idx
         self.tally = tally
         self.stream_sid = sid("MZ")
@@ -181,7 +182,7 @@ class Call(ClientProtocol):
             tally.other += 1
             tally.problem(f"call {self.idx}: unexpected event {str(msg)[:80]}")
 
-    def _media(self, msg: dict, now: int) -> None:
+    def _media(self, msg: dict[str, Any], now: int) -> None:
         tally = self.tally
         if not self.first_media.done():
             self.first_media.set_result(now)
@@ -299,13 +300,13 @@ class LoadGenerator:
                     if self.target.twiml:
                         headers["x-twilio-signature"] = RequestValidator(
                             self.target.auth_token).compute_signature(url, {})
-                    parts = urlsplit(url)
+                    uri = parse_uri(url)
                     _, call = await loop.create_connection(
-                        lambda: Call(idx, url, headers, self.tally),
-                        parts.hostname, parts.port or 80,
+                        lambda: Call(idx, uri, headers, self.tally), uri.host, uri.port,
                     )
                     await call.opened
-            except (OSError, httpx.HTTPError, ValueError, ET.ParseError, TimeoutError) as exc:
+            except (OSError, httpx.HTTPError, ValueError, InvalidURI, ET.ParseError,
+                    TimeoutError) as exc:
                 self.failures.append(f"call {idx}: {type(exc).__name__}: {exc}"[:300])
                 return None
         call.begin(call_sid, self.target.account_sid, custom)

@@ -54,7 +54,7 @@ def machine_info() -> dict[str, Any]:
                          "")
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("websockets", "uvicorn", "starlette", "uvloop", "httptools", "orjson"):
         try:
             versions[dist] = metadata.version(dist)

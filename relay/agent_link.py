@@ -1,0 +1,250 @@
+"""AgentLink: the agent WebSocket of one call, driven by callbacks rather than a read loop.
+
+The framing, masking, handshake and close handshake are the ``websockets`` library's sans-I/O
+``ClientProtocol``; this module only connects it to an ``asyncio.Protocol``. Each complete text
+message is handed to ``on_message`` from ``data_received`` and ``send`` writes at once, so a
+frame crosses the relay without a task switch or a queue. Writes are bounded: an agent that
+stops reading past ``MAX_UNSENT`` bytes is treated as gone rather than buffered without end.
+
+A call owns at most one link at a time and may replace it (a resumed session opens a new one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from collections.abc import Callable
+from typing import cast
+
+from websockets.client import ClientProtocol
+from websockets.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedOK,
+    InvalidHandshake,
+    InvalidURI,
+)
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import OPEN, State
+from websockets.uri import parse_uri
+
+# Unsent bytes to the agent before it counts as stalled: about 20 s of caller audio.
+MAX_UNSENT = 256 * 1024
+USER_AGENT = "relay (websockets sans-I/O)"
+Message = bytes | bytearray | memoryview  # one complete text message: UTF-8 JSON
+
+
+class LinkClosed(Exception):
+    """The link cannot carry messages any more; the message says why."""
+
+    def __init__(self, reason: str, code: int = 1006, *, clean: bool = False) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.clean = clean  # a closing handshake with 1000 or 1001 on both sides
+
+
+class AgentLink(asyncio.Protocol):
+    """One agent WebSocket. Open it with ``AgentLink.open``."""
+
+    def __init__(self, protocol: ClientProtocol, headers: dict[str, str],
+                 on_message: Callable[[Message], None], ping_interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._ws = protocol
+        self._headers = headers
+        self._on_message = on_message
+        self._transport: asyncio.Transport | None = None
+        self._fragments: list[Message] = []
+        self._opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[LinkClosed] = loop.create_future()
+        self._ping_interval = ping_interval
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._ping_payload: bytes | None = None
+
+    @classmethod
+    async def open(cls, url: str, *, headers: dict[str, str],
+                   on_message: Callable[[Message], None], open_timeout: float,
+                   max_size: int = 1 << 20, ping_interval: float = 20.0) -> AgentLink:
+        """Connect and complete the handshake within ``open_timeout`` seconds.
+
+        Raises:
+            OSError: the connection failed or was lost during the handshake.
+            InvalidHandshake: the server refused the WebSocket (e.g. HTTP 401).
+            TimeoutError: no handshake within ``open_timeout``.
+        """
+        try:
+            uri = parse_uri(url)
+        except InvalidURI as exc:
+            raise OSError(f"invalid agent URL: {exc}") from None
+        protocol = ClientProtocol(uri, max_size=max_size)
+        loop = asyncio.get_running_loop()
+        link = cls(protocol, headers, on_message, ping_interval)
+        context = ssl.create_default_context() if uri.secure else None
+        try:
+            async with asyncio.timeout(open_timeout):
+                await loop.create_connection(lambda: link, uri.host, uri.port, ssl=context,
+                                             server_hostname=uri.host if context else None)
+                await link._opened
+        except BaseException:
+            link.abort()
+            raise
+        return link
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        request = self._ws.connect()
+        request.headers["User-Agent"] = USER_AGENT
+        for name, value in self._headers.items():
+            request.headers[name] = value
+        self._ws.send_request(request)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        ws = self._ws
+        ws.receive_data(data)
+        if ws.writes:  # pongs and the closing handshake
+            self._flush()
+        self._events()
+
+    def _events(self) -> None:
+        for event in self._ws.events_received():
+            if type(event) is Frame:
+                self._frame(event)
+            elif isinstance(event, Response):
+                self._handshake_done()
+
+    def eof_received(self) -> bool | None:
+        self._ws.receive_eof()
+        self._flush()
+        self._events()  # a refusal's response may end at the end of the stream
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_ping()
+        ws = self._ws
+        ws.receive_eof()
+        self._events()
+        if not self._opened.done():
+            self._opened.set_exception(ConnectionResetError(
+                "connection closed during the WebSocket handshake"))
+        if not self.closed.done():
+            closed = ws.close_exc if ws.state is State.CLOSED else None
+            if closed is None:
+                error = LinkClosed("connection lost", 1006)
+            else:
+                error = _link_closed(closed)
+            self.closed.set_result(error)
+
+    # ------------------------------------------------------------------ frames
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT:
+            if frame.fin:
+                self._on_message(frame.data)
+            else:
+                self._fragments = [frame.data]
+        elif opcode is Opcode.CONT and self._fragments:
+            self._fragments.append(frame.data)
+            if frame.fin:
+                message, self._fragments = b"".join(self._fragments), []
+                self._on_message(message)
+        elif opcode is Opcode.PONG and frame.data == self._ping_payload:
+            self._ping_payload = None
+
+    def _handshake_done(self) -> None:
+        if self._opened.done():
+            return
+        error = self._ws.handshake_exc
+        if error is not None:
+            self._opened.set_exception(error)
+            return
+        self._opened.set_result(None)
+        self._schedule_ping()
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, data: bytes) -> None:
+        """Send one text message (UTF-8 JSON) now.
+
+        Raises:
+            LinkClosed: the link is closing or closed, or the agent stopped reading.
+        """
+        ws, transport = self._ws, self._transport
+        if ws.state is not OPEN or transport is None or transport.is_closing():
+            raise self._gone()
+        if transport.get_write_buffer_size() > MAX_UNSENT:
+            self.abort()
+            raise LinkClosed("the agent stopped reading", 1011)
+        ws.send_text(data)
+        transport.write(b"".join(ws.data_to_send()))
+
+    def _gone(self) -> LinkClosed:
+        if self.closed.done():
+            return self.closed.result()
+        return LinkClosed("connection closing", 1006)
+
+    def _flush(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        for chunk in self._ws.data_to_send():
+            if chunk:
+                transport.write(chunk)
+            elif transport.can_write_eof():
+                transport.write_eof()  # the protocol's end of stream
+
+    # ------------------------------------------------------------------ keepalive and closing
+
+    def _schedule_ping(self) -> None:
+        if self._ping_interval > 0:
+            self._ping_timer = self._loop.call_later(self._ping_interval, self._keepalive)
+
+    def _keepalive(self) -> None:
+        """Ping; when the previous ping is still unanswered, the connection is dead."""
+        if self._ws.state is not OPEN:
+            return
+        if self._ping_payload is not None:
+            self.abort()
+            return
+        self._ping_payload = os.urandom(4)
+        self._ws.send_ping(self._ping_payload)
+        self._flush()
+        self._schedule_ping()
+
+    def _cancel_ping(self) -> None:
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+
+    async def close(self, *, close_timeout: float) -> LinkClosed:
+        """Close handshake with code 1000, waiting at most ``close_timeout`` before aborting."""
+        if self._transport is None:
+            return LinkClosed("never connected")
+        if self._ws.state is OPEN:
+            self._ws.send_close(1000)
+            self._flush()
+        try:
+            async with asyncio.timeout(close_timeout):
+                return await asyncio.shield(self.closed)
+        except TimeoutError:
+            self.abort()
+            return await self.closed
+
+    def abort(self) -> None:
+        self._cancel_ping()
+        if self._transport is not None:
+            self._transport.abort()
+
+
+def _link_closed(exc: ConnectionClosed) -> LinkClosed:
+    code = exc.rcvd.code if exc.rcvd else 1006
+    if isinstance(exc, ConnectionClosedOK):
+        return LinkClosed("the agent closed the connection", code, clean=True)
+    return LinkClosed(f"agent connection lost (close code {code})", code)
+
+
+__all__ = ["AgentLink", "InvalidHandshake", "LinkClosed", "MAX_UNSENT", "Message"]

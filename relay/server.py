@@ -1,0 +1,93 @@
+"""How the relay is served: uvicorn's sans-I/O WebSocket protocol, tuned for media streams.
+
+A media stream is fifty small JSON messages a second each way, so two per-message costs of
+uvicorn's protocol matter and are removed here:
+
+* uvicorn stops reading the socket after every received message until the app has taken it
+  (two ``epoll_ctl`` system calls per frame); here reading pauses only when ``READ_AHEAD``
+  messages wait, which is still a bounded buffer with back-pressure.
+* Sending goes through ASGI's ``send`` (a coroutine, several wrappers, and a ``str`` that is
+  encoded again). Streams also get the ASGI extension ``relay.send_text``: a plain function
+  that frames UTF-8 JSON ``bytes`` as a text message and writes it at once. It raises
+  ``ClientDisconnected`` once the stream is closing, and when the peer has stopped reading
+  with ``MAX_UNSENT`` bytes still queued, rather than buffering without end.
+
+Everything else (handshake, close, keepalive) is uvicorn's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import uvicorn
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.http11 import Request
+
+SEND_TEXT = "relay.send_text"
+READ_AHEAD = 32
+# Unsent bytes to the caller before the stream counts as stalled: about 30 s of audio.
+MAX_UNSENT = 512 * 1024
+# Twilio's largest message is `start` with its <Parameter>s: a few KiB.
+MAX_MESSAGE = 64 * 1024
+
+
+class MediaStreamProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol with bounded read-ahead and ``relay.send_text``."""
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if self.response.status_code == 101:
+            extensions = cast(dict[str, Any], self.scope["extensions"])
+            extensions[SEND_TEXT] = self.send_text_now
+
+    def send_text_now(self, data: bytes) -> None:
+        transport = self.transport
+        if (self.disconnected or self.close_sent or not self.handshake_complete
+                or transport.is_closing()):
+            raise ClientDisconnected()
+        if transport.get_write_buffer_size() > MAX_UNSENT:
+            transport.abort()
+            raise ClientDisconnected("the peer stopped reading")
+        try:
+            self.conn.send_text(data)
+        except InvalidState:
+            raise ClientDisconnected() from None
+        transport.write(b"".join(self.conn.data_to_send()))
+
+    def send_receive_event_to_app(self) -> None:
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.close_sent:
+            return  # past websocket.close: keep reading until the peer's close reply
+        if self.curr_msg_data_type == "text":
+            try:
+                self.queue.put_nowait({"type": "websocket.receive", "text": data.decode()})
+            except UnicodeDecodeError:
+                self.logger.warning("invalid UTF-8 in a text message; closing the stream")
+                self.conn.send_close(1007)
+                self.handle_parser_exception()
+                return
+        else:
+            self.queue.put_nowait({"type": "websocket.receive", "bytes": data})
+        if not self.read_paused and self.queue.qsize() >= READ_AHEAD:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+
+def config(app: Any, *, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info",
+           **overrides: Any) -> uvicorn.Config:
+    """The uvicorn configuration the relay is served with, by ``app.py`` and by the tests."""
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "ws": MediaStreamProtocol,
+        "ws_per_message_deflate": False,  # base64 audio does not compress; it only costs CPU
+        "ws_max_size": MAX_MESSAGE,
+        "log_level": log_level,
+        "timeout_graceful_shutdown": 10,
+        "log_config": None,
+        **overrides,
+    }
+    return uvicorn.Config(app, **options)
