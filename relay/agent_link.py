@@ -103,10 +103,8 @@ class AgentLink(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
-        ws = self._ws
-        ws.receive_data(data)
-        if ws.writes:  # pongs and the closing handshake
-            self._flush()
+        self._ws.receive_data(data)
+        self._flush()  # pongs and the closing handshake
         self._events()
 
     def _events(self) -> None:

@@ -47,7 +47,7 @@ from relay.protocol import (
     Transfer,
 )
 from relay.security import StreamTokens
-from relay.server import SEND_TEXT
+from relay.server import SEND_TEXT, StreamStalled
 from tools.registry import CallInfo, Registry, ToolContext
 
 logger = logging.getLogger("relay.call")
@@ -362,6 +362,8 @@ class CallBridge:
     def _send_twilio(self, message: Mapping[str, Any]) -> None:
         try:
             self._send_twilio_now(orjson.dumps(message))
+        except StreamStalled as exc:
+            raise CallEnded(str(exc), 1011) from None
         except OSError:
             raise CallEnded("caller hung up") from None
 

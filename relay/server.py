@@ -9,8 +9,9 @@ uvicorn's protocol matter and are removed here:
 * Sending goes through ASGI's ``send`` (a coroutine, several wrappers, and a ``str`` that is
   encoded again). Streams also get the ASGI extension ``relay.send_text``: a plain function
   that frames UTF-8 JSON ``bytes`` as a text message and writes it at once. It raises
-  ``ClientDisconnected`` once the stream is closing, and when the peer has stopped reading
-  with ``MAX_UNSENT`` bytes still queued, rather than buffering without end.
+  ``ClientDisconnected`` once the stream is closing, and ``StreamStalled`` (aborting the
+  stream) when the peer has stopped reading with ``MAX_UNSENT`` bytes still queued, rather
+  than buffering without end.
 
 Everything else (handshake, close, keepalive) is uvicorn's own.
 """
@@ -33,6 +34,10 @@ MAX_UNSENT = 512 * 1024
 MAX_MESSAGE = 64 * 1024
 
 
+class StreamStalled(ClientDisconnected):
+    """The peer stopped reading: too much is waiting to be sent to it."""
+
+
 class MediaStreamProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol with bounded read-ahead and ``relay.send_text``."""
 
@@ -49,7 +54,7 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
             raise ClientDisconnected()
         if transport.get_write_buffer_size() > MAX_UNSENT:
             transport.abort()
-            raise ClientDisconnected("the peer stopped reading")
+            raise StreamStalled("the caller's stream stopped reading")
         try:
             self.conn.send_text(data)
         except InvalidState:

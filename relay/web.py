@@ -10,6 +10,7 @@ is not.
 from __future__ import annotations
 
 import contextlib
+import gc
 import ipaddress
 import logging
 import time
@@ -29,6 +30,7 @@ from relay.bridge import CallBridge, Transferrer
 from relay.config import Settings
 from relay.local_agent import local_agent_endpoint
 from relay.security import StreamTokens, is_from_twilio
+from relay.server import SEND_TEXT
 from tools.registry import Registry
 
 log = logging.getLogger("relay.web")
@@ -136,6 +138,11 @@ class Relay:
 
     async def serve_call(self, ws: WebSocket, *, purpose: str) -> None:
         """Accept a stream and bridge it; the error boundary of one call."""
+        if SEND_TEXT not in ws.scope.get("extensions", {}):
+            log.error("media streams need the server protocol of relay.server: serve the app "
+                      "with `python app.py` or relay.server.config()")
+            await ws.close(code=1011)
+            return
         await ws.accept()
         bridge = CallBridge(ws, settings=self.settings, registry=self.registry, http=self.http,
                             tokens=self.tokens, purpose=purpose, transfer=self.transfer)
@@ -154,6 +161,9 @@ class Relay:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
             self.http = http
+            # What start-up built (modules, tools, routes) lives as long as the process: keep
+            # it out of the collector's full passes, which would otherwise pause every call.
+            gc.freeze()
             yield
             self.http = None
 

@@ -1,0 +1,122 @@
+"""The audio path's edges: whole messages from fragments, peers that stop reading, keepalive.
+
+The relay writes each frame at once instead of queueing it (``relay.agent_link``,
+``relay.server``); these tests check that the writes stay bounded: a peer that stops reading
+ends its own call, and only its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+
+import orjson
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from relay.agent_link import AgentLink
+from relay.twilio_sim import SimulatedCall
+from tests.conftest import AUTH_TOKEN, MS
+from tests.fakes import AgentSession, FakeAgent
+
+pytestmark = pytest.mark.anyio
+
+# A large but legal media payload (Twilio's stream accepts messages up to 64 KiB): fills
+# socket buffers in a few hundred messages.
+BIG = base64.b64encode(bytes(range(256)) * 140).decode()
+
+
+async def test_fragmented_agent_messages_reach_the_caller_whole(make_relay) -> None:
+    payload = base64.b64encode(bytes(range(160))).decode()
+    text = orjson.dumps({"type": "reply.audio", "reply_id": "r1", "data": payload}).decode()
+
+    async def script(session: AgentSession) -> None:
+        await session.ws.send([text[:10], text[10:50], text[50:]])  # one message, three frames
+
+    async with FakeAgent(script=script).running() as agent, make_relay(agent) as relay:
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
+            (media,) = await call.wait_for("media", 1, 3 * MS)
+            assert media["media"]["payload"] == payload
+
+
+async def test_an_agent_that_stops_reading_ends_only_its_own_call(make_relay) -> None:
+    async def script(session: AgentSession) -> None:
+        if session is agent.sessions[0]:
+            session.ws.transport.pause_reading()  # a stalled agent: its buffers fill up
+
+    async with (FakeAgent(script=script, echo=True).running() as agent,
+                make_relay(agent) as relay):
+        async with (SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as stalled,
+                    SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as healthy):
+            await (await agent.session(0)).ready.wait()
+            await (await agent.session(1)).ready.wait()
+            async with asyncio.timeout(10 * MS):
+                with contextlib.suppress(ConnectionClosed):
+                    while not stalled.closed.is_set():
+                        await stalled.send_media(BIG)
+                assert await stalled.wait_closed() == 1011
+            payload = base64.b64encode(b"\x01" * 160).decode()
+            await healthy.send_media(payload)
+            (echo,) = await healthy.wait_for("media", 1, 3 * MS)
+            assert echo["media"]["payload"] == payload
+
+
+async def test_a_caller_that_stops_reading_ends_the_call(make_relay) -> None:
+    async def flood(session: AgentSession) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            for i in range(5000):
+                await session.send({"type": "reply.audio", "reply_id": f"r{i}", "data": BIG})
+
+    async with FakeAgent(script=flood).running() as agent, make_relay(agent) as relay:
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
+            call.ws.transport.pause_reading()  # the caller's side stops taking audio
+            session = await agent.session()
+            await asyncio.wait_for(session.closed.wait(), 10 * MS)
+        assert session.ended.is_set(), "the relay ends the agent session (session.end)"
+        assert session.violations == []
+
+
+# ---------------------------------------------------------------------- AgentLink itself
+
+
+@contextlib.asynccontextmanager
+async def ws_server(handler):  # type: ignore[no-untyped-def]
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/"
+
+
+async def test_link_closes_when_keepalive_pings_go_unanswered() -> None:
+    async def deaf(ws: ServerConnection) -> None:
+        ws.transport.pause_reading()  # pings are never read, so never answered
+        await asyncio.sleep(10)
+
+    async with ws_server(deaf) as url:
+        link = await AgentLink.open(url, headers={}, on_message=lambda m: None,
+                                    open_timeout=2 * MS, ping_interval=0.1)
+        closed = await asyncio.wait_for(link.closed, 2 * MS)
+        assert closed.code == 1006 and not closed.clean
+
+
+async def test_link_stays_open_while_pings_are_answered_and_closes_cleanly() -> None:
+    received: list[bytes] = []
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async with ws_server(echo) as url:
+        link = await AgentLink.open(url, headers={"Authorization": "Bearer k"},
+                                    on_message=lambda m: received.append(bytes(m)),
+                                    open_timeout=2 * MS, ping_interval=0.05)
+        await asyncio.sleep(0.3)  # several pings, all answered
+        assert not link.closed.done()
+        link.send(b'{"n":1}')
+        async with asyncio.timeout(2 * MS):
+            while not received:
+                await asyncio.sleep(0.01)
+        assert received == [b'{"n":1}']
+        closed = await link.close(close_timeout=2 * MS)
+        assert closed.clean and closed.code == 1000
