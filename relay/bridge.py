@@ -10,10 +10,11 @@ The agent socket (an ``AgentLink``) is opened as soon as Twilio's upgrade is acc
 network handshake overlaps Twilio's ``connected``/``start``; ``session.update`` is sent only
 once ``start`` carried a valid per-call token, so a forged stream never opens a session.
 
-The hot path has no queue and at most one task switch: a Twilio message is read by the Twilio
-pump and written to the agent at once; an agent message is handled in the link's
-``data_received`` callback and written to Twilio at once (``relay.server``'s ``send_text``
-extension). Both writes are bounded: a peer that stops reading ends the call.
+The audio path has no queue and no task switch: each message is handled in the
+``data_received`` callback of the socket it arrived on (``relay.server``'s ``receive_text``
+extension for Twilio, ``AgentLink`` for the agent) and written to the other socket at once.
+Both writes are bounded: a peer that stops reading ends the call. Tasks are left for what
+waits: connecting, the tools, the hang-up deadline and the end of the stream.
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ from relay.protocol import (
     Transfer,
 )
 from relay.security import StreamTokens
-from relay.server import SEND_TEXT, StreamStalled
+from relay.server import RECEIVE_TEXT, SEND_TEXT, StreamStalled
 from tools.registry import CallInfo, Registry, ToolContext
 
 logger = logging.getLogger("relay.call")
 AGENT_MAX_MESSAGE = 1 << 20
+# Messages for the agent while its socket connects (in practice the one session.update).
+MAX_EARLY_TO_AGENT = 16
 
 # Transfers a call to a number through Twilio's REST API; set when credentials are configured.
 Transferrer = Callable[[str, str], Awaitable[None]]
@@ -98,9 +101,13 @@ class CallBridge:
             ),
             tool_result_timing=settings.tool_result_timing,
         )
-        self._send_twilio_now: Callable[[bytes], None] = twilio_ws.scope["extensions"][SEND_TEXT]
+        extensions = twilio_ws.scope["extensions"]
+        self._send_twilio_now: Callable[[bytes], None] = extensions[SEND_TEXT]
+        self._receive_twilio_with: Callable[[Callable[[bytes], None]], None] = (
+            extensions[RECEIVE_TEXT])
+        self._started: asyncio.Future[None] | None = None
+        self._early_to_agent: list[Mapping[str, Any]] = []
         self._agent: AgentLink | None = None
-        self._session_opened = False
         self._ended: asyncio.Future[CallEnded] | None = None
         self._agent_done = asyncio.Event()  # session.ended received, or the link is gone
         self._tearing_down = False
@@ -117,27 +124,28 @@ class CallBridge:
     # ------------------------------------------------------------------ lifetime
 
     async def run(self) -> str:
-        """Serve the call until either side ends it; returns the reason."""
+        """Accept the stream and serve the call until either side ends it; returns the reason."""
         started = time.monotonic()
         self._loop = loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._ended = finished = loop.create_future()
+        self._started = loop.create_future()
         reason, code = "relay error", 1011
         try:
             async with asyncio.timeout(self._settings.max_call_seconds):
                 async with asyncio.TaskGroup() as tg:
                     self._tg = tg
+                    # Twilio's messages arrive in ``_on_twilio_message`` from now on.
+                    self._receive_twilio_with(self._on_twilio_message)
+                    await self._twilio.accept()
                     connecting = tg.create_task(self._connect_agent(), name="agent connect")
-                    start = await self._await_start()
+                    tg.create_task(self._watch_twilio(), name="twilio stream")
+                    await self._first(self._started, self._settings.start_timeout,
+                                      CallEnded("no start message from Twilio", 1008))
                     agent = await connecting
                     if isinstance(agent, CallEnded):
                         raise agent  # raised only now, so an observer is told why
-                    if finished.done():
-                        raise finished.result()
-                    self._perform(self.protocol.twilio_message(start))
-                    self._session_opened = True
-                    tg.create_task(self._pump_twilio(), name="twilio->agent")
-                    raise await finished  # agent->twilio runs in the link's callbacks
+                    raise await finished  # both directions run in the sockets' callbacks
         except* CallEnded as group:
             ended = group.exceptions[0]
             assert isinstance(ended, CallEnded)
@@ -149,6 +157,17 @@ class CallBridge:
             await self._teardown(code, self._finished_by or reason)
             self._log_end(reason, time.monotonic() - started)
         return reason
+
+    async def _first(self, event: asyncio.Future[None], within: float,
+                     late: CallEnded) -> None:
+        """Wait for ``event``, unless the call ends first or ``within`` seconds pass."""
+        assert self._ended is not None
+        done, _ = await asyncio.wait((event, self._ended), timeout=within,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if self._ended in done:
+            raise self._ended.result()
+        if not done:
+            raise late
 
     async def _connect_agent(self) -> AgentLink | CallEnded:
         s = self._settings
@@ -164,6 +183,10 @@ class CallBridge:
             return CallEnded(f"agent unreachable: {type(exc).__name__}: {exc}", 1011)
         self._agent = link
         link.closed.add_done_callback(self._agent_closed)
+        early, self._early_to_agent = self._early_to_agent, []
+        for message in early:  # the session.update, when start came first
+            with contextlib.suppress(CallEnded):
+                self._send_agent(message)
         return link
 
     def _agent_closed(self, closed: asyncio.Future[LinkClosed]) -> None:
@@ -175,19 +198,8 @@ class CallBridge:
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(ended)
 
-    async def _await_start(self) -> dict[str, Any]:
-        """Read until ``start`` and check its per-call token."""
-        try:
-            async with asyncio.timeout(self._settings.start_timeout):
-                while True:
-                    msg = self._decode(await self._receive_twilio())
-                    if msg is None:
-                        continue
-                    if msg.get("event") == "start":
-                        break
-                    self._twilio_message(msg)
-        except TimeoutError:
-            raise CallEnded("no start message from Twilio", 1008) from None
+    def _start(self, msg: dict[str, Any]) -> None:
+        """Check ``start``'s per-call token; only then does the call (and its session) begin."""
         start = msg.get("start")
         if type(start) is not dict:
             raise CallEnded("malformed start message", 1008)
@@ -197,6 +209,10 @@ class CallBridge:
         if (type(call_sid) is not str or type(token) is not str or not self._tokens.verify(
                 token, call_sid, now=time.time(), purpose=self._purpose)):
             raise CallEnded("stream rejected: missing or invalid per-call token", 1008)
+        try:
+            opening = self.protocol.twilio_message(msg)
+        except ProtocolViolation as exc:
+            raise CallEnded(f"malformed start message: {exc}", 1008) from None
         self.log.extra = {"call": call_sid}
         self._observe = self._purpose == "phone" or params.get("observe") == "1"
         self._call = CallInfo(
@@ -208,14 +224,16 @@ class CallBridge:
         )
         self.log.info("call started: %s from %s to %s", self._call.direction,
                       self._call.caller or "unknown", self._call.called or "unknown")
-        return msg
+        assert self._started is not None
+        self._started.set_result(None)
+        self._perform(opening)  # the session.update
 
     async def _teardown(self, close_code: int, reason: str) -> None:
         self._tearing_down = True
         agent, self._agent = self._agent, None
         timeout = self._settings.agent_close_timeout
         if agent is not None:
-            if self._session_opened and not self.protocol.ended:
+            if self.protocol.info is not None and not self.protocol.ended:  # a session is open
                 with contextlib.suppress(LinkClosed, TimeoutError):
                     agent.send(orjson.dumps(agent_messages.session_end()))
                     async with asyncio.timeout(timeout):
@@ -239,39 +257,35 @@ class CallBridge:
         for problem, count in self._problems.items():
             self.log.warning("bad input during call: %s (x%d)", problem, count)
 
-    # ------------------------------------------------------------------ pumps
+    # ------------------------------------------------------------------ messages
 
-    async def _receive_twilio(self) -> str | None:
-        message = await self._twilio.receive()
-        text = message.get("text")
-        if text is not None:
-            return text  # type: ignore[no-any-return]
-        if message["type"] == "websocket.disconnect":
-            raise CallEnded("caller hung up")
-        self._bad("binary frame from Twilio")
-        return None
-
-    async def _pump_twilio(self) -> None:
-        receive, handle = self._receive_twilio, self.protocol.twilio_message
+    async def _watch_twilio(self) -> None:
+        """ASGI ``receive`` now carries only the end of the stream (and stray binary frames)."""
         while True:
-            text = await receive()
-            if text is None:
-                continue
-            try:
-                actions = handle(orjson.loads(text))
-            except orjson.JSONDecodeError:
-                self._bad("malformed JSON from Twilio")
-                continue
-            except ProtocolViolation as exc:
-                self._bad(f"Twilio: {exc}")
-                continue
-            self._perform(actions)
+            message = await self._twilio.receive()
+            if message["type"] == "websocket.disconnect":
+                raise CallEnded("caller hung up")
+            self._bad("binary frame from Twilio")
 
-    def _twilio_message(self, msg: dict[str, Any]) -> None:
+    def _on_twilio_message(self, raw: bytes) -> None:
+        """One Twilio message, from the stream's ``data_received``: it must never raise."""
+        if self._tearing_down:
+            return
         try:
-            self._perform(self.protocol.twilio_message(msg))
+            msg = orjson.loads(raw)
+            if self._call is None and type(msg) is dict and msg.get("event") == "start":
+                self._start(msg)
+            else:
+                self._perform(self.protocol.twilio_message(msg))
+        except orjson.JSONDecodeError:
+            self._bad("malformed JSON from Twilio")
         except ProtocolViolation as exc:
             self._bad(f"Twilio: {exc}")
+        except CallEnded as ended:
+            self._end(ended)
+        except Exception:
+            self.log.exception("relay error on a Twilio message")
+            self._end(CallEnded("relay error", 1011))
 
     def _on_agent_message(self, raw: Message) -> None:
         """One agent message, from the link's ``data_received``: it must never raise."""
@@ -298,19 +312,6 @@ class CallBridge:
             if type(msg) is dict and msg.get("type") == "session.ended":
                 self.log.info("agent session ended")
                 self._agent_done.set()
-
-    def _decode(self, text: str | None) -> dict[str, Any] | None:
-        if text is None:
-            return None
-        try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            self._bad("malformed JSON from Twilio")
-            return None
-        if type(msg) is not dict:
-            self._bad("Twilio: message is not a JSON object")
-            return None
-        return msg
 
     def _bad(self, problem: str) -> None:
         count = self._problems.get(problem, 0)
@@ -353,6 +354,8 @@ class CallBridge:
     def _send_agent(self, message: Mapping[str, Any]) -> None:
         agent = self._agent
         if agent is None:
+            if not self._tearing_down and len(self._early_to_agent) < MAX_EARLY_TO_AGENT:
+                self._early_to_agent.append(message)  # sent once the socket is connected
             return
         try:
             agent.send(orjson.dumps(message))

@@ -1,11 +1,15 @@
 """How the relay is served: uvicorn's sans-I/O WebSocket protocol, tuned for media streams.
 
-A media stream is fifty small JSON messages a second each way, so two per-message costs of
-uvicorn's protocol matter and are removed here:
+A media stream is fifty small JSON messages a second each way, so the per-message costs of
+uvicorn's protocol matter, and the relay's streams avoid them:
 
 * uvicorn stops reading the socket after every received message until the app has taken it
   (two ``epoll_ctl`` system calls per frame); here reading pauses only when ``READ_AHEAD``
   messages wait, which is still a bounded buffer with back-pressure.
+* Receiving goes through a queue and a task switch per message. Streams get the ASGI
+  extension ``relay.receive_text``: a function taking a callback, which from then on gets
+  each text message's UTF-8 bytes from ``data_received``; ASGI ``receive`` then carries only
+  the disconnect (and binary messages). Register it before accepting the stream.
 * Sending goes through ASGI's ``send`` (a coroutine, several wrappers, and a ``str`` that is
   encoded again). Streams also get the ASGI extension ``relay.send_text``: a plain function
   that frames UTF-8 JSON ``bytes`` as a text message and writes it at once. It raises
@@ -18,6 +22,7 @@ Everything else (handshake, close, keepalive) is uvicorn's own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import uvicorn
@@ -27,6 +32,7 @@ from websockets.exceptions import InvalidState
 from websockets.http11 import Request
 
 SEND_TEXT = "relay.send_text"
+RECEIVE_TEXT = "relay.receive_text"
 READ_AHEAD = 32
 # Unsent bytes to the caller before the stream counts as stalled: about 30 s of audio.
 MAX_UNSENT = 512 * 1024
@@ -39,13 +45,19 @@ class StreamStalled(ClientDisconnected):
 
 
 class MediaStreamProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol with bounded read-ahead and ``relay.send_text``."""
+    """uvicorn's sans-I/O WebSocket protocol: bounded read-ahead, direct receive and send."""
+
+    on_text: Callable[[bytes], None] | None = None
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         if self.response.status_code == 101:
             extensions = cast(dict[str, Any], self.scope["extensions"])
             extensions[SEND_TEXT] = self.send_text_now
+            extensions[RECEIVE_TEXT] = self.receive_text_with
+
+    def receive_text_with(self, callback: Callable[[bytes], None]) -> None:
+        self.on_text = callback
 
     def send_text_now(self, data: bytes) -> None:
         transport = self.transport
@@ -66,6 +78,9 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
         self.frames = []
         if self.close_sent:
             return  # past websocket.close: keep reading until the peer's close reply
+        if self.curr_msg_data_type == "text" and self.on_text is not None:
+            self.on_text(data)
+            return
         if self.curr_msg_data_type == "text":
             try:
                 self.queue.put_nowait({"type": "websocket.receive", "text": data.decode()})

@@ -30,7 +30,7 @@ from relay.bridge import CallBridge, Transferrer
 from relay.config import Settings
 from relay.local_agent import local_agent_endpoint
 from relay.security import StreamTokens, is_from_twilio
-from relay.server import SEND_TEXT
+from relay.server import RECEIVE_TEXT, SEND_TEXT
 from tools.registry import Registry
 
 log = logging.getLogger("relay.web")
@@ -138,12 +138,11 @@ class Relay:
 
     async def serve_call(self, ws: WebSocket, *, purpose: str) -> None:
         """Accept a stream and bridge it; the error boundary of one call."""
-        if SEND_TEXT not in ws.scope.get("extensions", {}):
+        if not {SEND_TEXT, RECEIVE_TEXT} <= set(ws.scope.get("extensions") or {}):
             log.error("media streams need the server protocol of relay.server: serve the app "
                       "with `python app.py` or relay.server.config()")
             await ws.close(code=1011)
             return
-        await ws.accept()
         bridge = CallBridge(ws, settings=self.settings, registry=self.registry, http=self.http,
                             tokens=self.tokens, purpose=purpose, transfer=self.transfer)
         try:

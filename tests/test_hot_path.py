@@ -57,6 +57,7 @@ async def test_an_agent_that_stops_reading_ends_only_its_own_call(make_relay) ->
                     while not stalled.closed.is_set():
                         await stalled.send_media(BIG)
                 assert await stalled.wait_closed() == 1011
+            agent.sessions[0].ws.transport.resume_reading()  # let it see the close
             payload = base64.b64encode(b"\x01" * 160).decode()
             await healthy.send_media(payload)
             (echo,) = await healthy.wait_for("media", 1, 3 * MS)
@@ -74,6 +75,7 @@ async def test_a_caller_that_stops_reading_ends_the_call(make_relay) -> None:
             call.ws.transport.pause_reading()  # the caller's side stops taking audio
             session = await agent.session()
             await asyncio.wait_for(session.closed.wait(), 10 * MS)
+            call.ws.transport.resume_reading()  # let it see the close
         assert session.ended.is_set(), "the relay ends the agent session (session.end)"
         assert session.violations == []
 
@@ -89,15 +91,19 @@ async def ws_server(handler):  # type: ignore[no-untyped-def]
 
 
 async def test_link_closes_when_keepalive_pings_go_unanswered() -> None:
+    done = asyncio.Event()
+
     async def deaf(ws: ServerConnection) -> None:
         ws.transport.pause_reading()  # pings are never read, so never answered
-        await asyncio.sleep(10)
+        await done.wait()
+        ws.transport.resume_reading()
 
     async with ws_server(deaf) as url:
         link = await AgentLink.open(url, headers={}, on_message=lambda m: None,
                                     open_timeout=2 * MS, ping_interval=0.1)
         closed = await asyncio.wait_for(link.closed, 2 * MS)
         assert closed.code == 1006 and not closed.clean
+        done.set()
 
 
 async def test_link_stays_open_while_pings_are_answered_and_closes_cleanly() -> None:
