@@ -306,7 +306,8 @@ class CallProtocol:
                     "session.updated"):
             return []
         if kind == "reply.error":
-            return [Log(f"agent reply error: {msg.get('code')} {msg.get('message', '')}", "WARNING")]
+            text = f"agent reply error: {msg.get('code')} {msg.get('message', '')}"
+            return [Log(text, "WARNING")]
         return self._unknown("agent", kind)
 
     def _ready(self, msg: dict[str, Any]) -> list[Action]:
@@ -341,7 +342,8 @@ class CallProtocol:
             ]
             actions += self._clear()
             actions.append(Log(f"reply {reply_id} interrupted", kind="reply.interrupted"))
-        elif self.info is not None and reply_id is not None and len(self._marks) < MAX_PENDING_MARKS:
+        elif (self.info is not None and reply_id is not None
+              and len(self._marks) < MAX_PENDING_MARKS):
             self._mark_seq += 1
             name = f"{self._mark_seq}:{reply_id}"
             self._marks[name] = (reply_id, self._clears)
@@ -402,7 +404,8 @@ class CallProtocol:
         message = agent.tool_result(call_id, result, is_error=is_error)
         self._pending_results.append((call_id, message))
         outcome = "failed" if is_error else "succeeded"
-        actions: list[Action] = [Log(f"tool {call_id} {outcome}: {result[:200]}", "DEBUG", "tool.result")]
+        actions: list[Action] = [
+            Log(f"tool {call_id} {outcome}: {result[:200]}", "DEBUG", "tool.result")]
         if self._immediate_results or self._settled:
             actions += self._flush_results()
         return actions
@@ -413,7 +416,8 @@ class CallProtocol:
             self._tool_replies.pop(call_id, None)
             actions.append(ToAgent(message))
             finishing = self._finishing
-            if finishing is not None and finishing.stage == "result" and finishing.call_id == call_id:
+            if (finishing is not None and finishing.stage == "result"
+                    and finishing.call_id == call_id):
                 finishing.stage = "reply"
         self._pending_results = []
         return actions

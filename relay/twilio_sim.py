@@ -104,14 +104,16 @@ class SimulatedCall:
                   "To": called, "CallStatus": "ringing", "Direction": "inbound",
                   "ApiVersion": "2010-04-01", **(form or {})}
         url = base_url.rstrip("/") + webhook_path
-        headers = {"X-Twilio-Signature": twilio_signature(auth_token, url, params)} if auth_token else {}
+        headers = ({"X-Twilio-Signature": twilio_signature(auth_token, url, params)}
+                   if auth_token else {})
         async with httpx.AsyncClient(timeout=10) as http:
             started = time.monotonic()
             response = await http.post(url, data=params, headers=headers)
         response.raise_for_status()
         webhook_ms = (time.monotonic() - started) * 1000
         stream = parse_stream(response.text)
-        ws_headers = {"x-twilio-signature": twilio_signature(auth_token, stream.url, {})} if auth_token else {}
+        ws_headers = ({"x-twilio-signature": twilio_signature(auth_token, stream.url, {})}
+                      if auth_token else {})
         target = stream.url
         if connect_to:
             parts = urlsplit(stream.url)
@@ -213,7 +215,8 @@ class SimulatedCall:
     def events(self, event: str) -> list[dict[str, Any]]:
         return [r.message for r in self.received if r.message.get("event") == event]
 
-    async def wait_for(self, event: str, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+    async def wait_for(self, event: str, count: int = 1,
+                       timeout: float = 5.0) -> list[dict[str, Any]]:
         """Wait until at least ``count`` messages of ``event`` arrived; returns them all."""
         async with asyncio.timeout(timeout):
             while len(found := self.events(event)) < count:

@@ -42,7 +42,8 @@ class AgentSession:
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [m for m in self.received if m.get("type") == kind]
 
-    async def wait_for(self, kind: str, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+    async def wait_for(self, kind: str, count: int = 1,
+                       timeout: float = 5.0) -> list[dict[str, Any]]:
         async with asyncio.timeout(timeout):
             while len(found := self.of_type(kind)) < count:
                 self._new.clear()
@@ -131,7 +132,8 @@ class FakeAgent:
                                             "data": msg["audio"]})
                 elif kind == "tool.result":
                     if msg.get("call_id") not in session.tool_calls:
-                        await self._violation(session, f"tool.result for unknown call {msg.get('call_id')}")
+                        await self._violation(
+                            session, f"tool.result for unknown call {msg.get('call_id')}")
                     if not isinstance(msg.get("result"), str):
                         await self._violation(session, "tool.result.result is not a string")
                     if not isinstance(msg.get("is_error", False), bool):

@@ -107,22 +107,24 @@ async def test_link_closes_when_keepalive_pings_go_unanswered() -> None:
 
 
 async def test_link_stays_open_while_pings_are_answered_and_closes_cleanly() -> None:
-    received: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    echoed: asyncio.Future[bytes] = loop.create_future()
+    authorization: list[str | None] = []
 
     async def echo(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        authorization.append(ws.request.headers.get("Authorization"))
         async for message in ws:
             await ws.send(message)
 
     async with ws_server(echo) as url:
         link = await AgentLink.open(url, headers={"Authorization": "Bearer k"},
-                                    on_message=lambda m: received.append(bytes(m)),
+                                    on_message=lambda m: echoed.set_result(bytes(m)),
                                     open_timeout=2 * MS, ping_interval=0.05)
         await asyncio.sleep(0.3)  # several pings, all answered
         assert not link.closed.done()
         link.send(b'{"n":1}')
-        async with asyncio.timeout(2 * MS):
-            while not received:
-                await asyncio.sleep(0.01)
-        assert received == [b'{"n":1}']
+        assert await asyncio.wait_for(echoed, 2 * MS) == b'{"n":1}'
+        assert authorization == ["Bearer k"]
         closed = await link.close(close_timeout=2 * MS)
         assert closed.clean and closed.code == 1000

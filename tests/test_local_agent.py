@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 
 from relay import audio, local_session
+from relay import server as relay_server
 from relay.audio import FRAME_BYTES
 from relay.keypad import Keypad, example_arguments, pressed_key
 from relay.local_agent import LocalSession, Pacing, local_agent_endpoint
@@ -393,8 +394,7 @@ async def serve(pacing: Pacing, done: asyncio.Event | None = None) -> AsyncItera
     app = Starlette(routes=[WebSocketRoute("/local-agent", tracked)])
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", ws="websockets-sansio",
-                                           log_level="warning"))
+    server = uvicorn.Server(relay_server.config(app, lifespan="off", log_level="warning"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(5):
