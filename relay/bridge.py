@@ -277,15 +277,8 @@ class CallBridge:
                 self._start(msg)
             else:
                 self._perform(self.protocol.twilio_message(msg))
-        except orjson.JSONDecodeError:
-            self._bad("malformed JSON from Twilio")
-        except ProtocolViolation as exc:
-            self._bad(f"Twilio: {exc}")
-        except CallEnded as ended:
-            self._end(ended)
-        except Exception:
-            self.log.exception("relay error on a Twilio message")
-            self._end(CallEnded("relay error", 1011))
+        except Exception as exc:
+            self._message_failed(exc, "Twilio")
 
     def _on_agent_message(self, raw: Message) -> None:
         """One agent message, from the link's ``data_received``: it must never raise."""
@@ -294,17 +287,22 @@ class CallBridge:
             return
         try:
             self._perform(self.protocol.agent_message(orjson.loads(raw)))
-        except orjson.JSONDecodeError:
-            self._bad("malformed JSON from agent")
-        except ProtocolViolation as exc:
-            self._bad(f"agent: {exc}")
-        except CallEnded as ended:
-            self._end(ended)
-        except Exception:
-            self.log.exception("relay error on an agent message")
-            self._end(CallEnded("relay error", 1011))
+        except Exception as exc:
+            self._message_failed(exc, "agent")
         if self.protocol.ended:
             self._agent_done.set()
+
+    def _message_failed(self, exc: Exception, side: str) -> None:
+        """One message's error boundary: bad input is dropped, ``CallEnded`` ends the call."""
+        if isinstance(exc, orjson.JSONDecodeError):
+            self._bad(f"malformed JSON from {side}")
+        elif isinstance(exc, ProtocolViolation):
+            self._bad(f"{side}: {exc}")
+        elif isinstance(exc, CallEnded):
+            self._end(exc)
+        else:
+            self.log.error("relay error on a %s message", side, exc_info=exc)
+            self._end(CallEnded("relay error", 1011))
 
     def _await_session_ended(self, raw: Message) -> None:
         with contextlib.suppress(orjson.JSONDecodeError):
