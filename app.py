@@ -66,7 +66,7 @@ def main() -> int:
     serving = uvicorn.Server(server.config(app, host=settings.host, port=settings.port,
                                            log_level=settings.log_level.lower()))
     serving.run()
-    return 0 if serving.started else 1  # e.g. the port was taken
+    return 0 if serving.started else 1  # start-up failed
 
 
 if __name__ == "__main__":

@@ -6,12 +6,14 @@ message is handed to ``on_message`` from ``data_received`` and ``send`` writes a
 frame crosses the relay without a task switch or a queue. Writes are bounded: an agent that
 stops reading past ``MAX_UNSENT`` bytes is treated as gone rather than buffered without end.
 
-A call owns at most one link at a time and may replace it (a resumed session opens a new one).
+A call holds at most one link, in one attribute of its bridge, so that a resumed session
+(``session.resume``) can put a new link in its place.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import ssl
 from collections.abc import Callable
@@ -80,7 +82,7 @@ class AgentLink(asyncio.Protocol):
         protocol = ClientProtocol(uri, max_size=max_size)
         loop = asyncio.get_running_loop()
         link = cls(protocol, headers, on_message, ping_interval)
-        context = ssl.create_default_context() if uri.secure else None
+        context = _tls_context() if uri.secure else None
         try:
             async with asyncio.timeout(open_timeout):
                 await loop.create_connection(lambda: link, uri.host, uri.port, ssl=context,
@@ -183,6 +185,12 @@ class AgentLink(asyncio.Protocol):
     def _gone(self) -> LinkClosed:
         if self.closed.done():
             return self.closed.result()
+        received = self._ws.close_rcvd  # the agent's close frame came before the TCP close
+        if received is not None:
+            if received.code in (1000, 1001):
+                return LinkClosed("the agent closed the connection", received.code, clean=True)
+            return LinkClosed(f"agent connection lost (close code {received.code})",
+                              received.code)
         return LinkClosed("connection closing", 1006)
 
     def _flush(self) -> None:
@@ -236,6 +244,12 @@ class AgentLink(asyncio.Protocol):
         self._cancel_ping()
         if self._transport is not None:
             self._transport.abort()
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One context for every call: loading the CA store per call would cost CPU."""
+    return ssl.create_default_context()
 
 
 def _link_closed(exc: ConnectionClosed) -> LinkClosed:

@@ -1,10 +1,11 @@
 """CallBridge: the one owner of a call's two sockets, its tasks and its timeouts.
 
 The bridge decodes JSON, feeds ``CallProtocol`` and performs the actions it returns. It holds
-one ``asyncio.TaskGroup`` per call: the two pumps, the tools and the hang-up deadline all live
-in it, so ending the call ends every task of the call. A pump finishes the call by raising
-``CallEnded`` (the TaskGroup "terminate" recipe); teardown then ends the agent session
-(``session.end``, so billing stops at once) and closes both sockets.
+one ``asyncio.TaskGroup`` per call: connecting, the tools, the hang-up deadline and the watch on
+the Twilio stream all live in it, so ending the call ends every task of the call. A task ends
+the call by raising ``CallEnded`` (the TaskGroup "terminate" recipe), a socket callback by
+``_end``; teardown then ends the agent session (``session.end``, so billing stops at once) and
+closes both sockets.
 
 The agent socket (an ``AgentLink``) is opened as soon as Twilio's upgrade is accepted, so the
 network handshake overlaps Twilio's ``connected``/``start``; ``session.update`` is sent only
@@ -142,7 +143,8 @@ class CallBridge:
                     tg.create_task(self._watch_twilio(), name="twilio stream")
                     await self._first(self._started, self._settings.start_timeout,
                                       CallEnded("no start message from Twilio", 1008))
-                    agent = await connecting
+                    await self._first(connecting)
+                    agent = connecting.result()
                     if isinstance(agent, CallEnded):
                         raise agent  # raised only now, so an observer is told why
                     raise await finished  # both directions run in the sockets' callbacks
@@ -158,16 +160,16 @@ class CallBridge:
             self._log_end(reason, time.monotonic() - started)
         return reason
 
-    async def _first(self, event: asyncio.Future[None], within: float,
-                     late: CallEnded) -> None:
-        """Wait for ``event``, unless the call ends first or ``within`` seconds pass."""
+    async def _first(self, event: asyncio.Future[Any], within: float | None = None,
+                     late: CallEnded | None = None) -> None:
+        """Wait for ``event``, unless the call ends first (or ``within`` seconds pass)."""
         assert self._ended is not None
         done, _ = await asyncio.wait((event, self._ended), timeout=within,
                                      return_when=asyncio.FIRST_COMPLETED)
         if self._ended in done:
             raise self._ended.result()
         if not done:
-            raise late
+            raise late or CallEnded("timed out", 1011)
 
     async def _connect_agent(self) -> AgentLink | CallEnded:
         s = self._settings
@@ -233,12 +235,15 @@ class CallBridge:
         agent, self._agent = self._agent, None
         timeout = self._settings.agent_close_timeout
         if agent is not None:
-            if self.protocol.info is not None and not self.protocol.ended:  # a session is open
-                with contextlib.suppress(LinkClosed, TimeoutError):
-                    agent.send(orjson.dumps(agent_messages.session_end()))
-                    async with asyncio.timeout(timeout):
-                        await self._agent_done.wait()
-            await agent.close(close_timeout=timeout)
+            try:
+                if self.protocol.info is not None and not self.protocol.ended:  # session open
+                    with contextlib.suppress(LinkClosed, TimeoutError):
+                        agent.send(orjson.dumps(agent_messages.session_end()))
+                        async with asyncio.timeout(timeout):
+                            await self._agent_done.wait()
+                await agent.close(close_timeout=timeout)
+            finally:
+                agent.abort()  # a no-op once closed; frees the socket even if cancelled
         ws = self._twilio
         if (ws.client_state is WebSocketState.CONNECTED
                 and ws.application_state is WebSocketState.CONNECTED):
@@ -264,6 +269,8 @@ class CallBridge:
         while True:
             message = await self._twilio.receive()
             if message["type"] == "websocket.disconnect":
+                if message.get("code") == 1012:
+                    raise CallEnded("the server is shutting down", 1012)
                 raise CallEnded("caller hung up")
             self._bad("binary frame from Twilio")
 
@@ -344,10 +351,14 @@ class CallBridge:
                 self._task(self._do_transfer(action.number), "transfer")
 
     def _task(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        if self._tg is None:  # the call is already over
-            work.close()
-            return
-        self._tg.create_task(work, name=name)
+        """Run ``work`` as a task of the call, unless the call is already ending."""
+        if self._tg is not None:
+            try:
+                self._tg.create_task(work, name=name)
+                return
+            except RuntimeError:  # the group is shutting down
+                pass
+        work.close()
 
     def _send_agent(self, message: Mapping[str, Any]) -> None:
         agent = self._agent
@@ -384,8 +395,7 @@ class CallBridge:
         for log in self.protocol.finish_after_goodbye(action, call_id):
             if isinstance(log, Log):
                 self.log.log(logging.getLevelName(log.level), "%s", log.message)
-        if self._tg is not None:
-            self._tg.create_task(self._finish_deadline(action), name="hang-up deadline")
+        self._task(self._finish_deadline(action), "hang-up deadline")
 
     async def _finish_deadline(self, action: Finish) -> None:
         await asyncio.sleep(self._settings.hangup_timeout)

@@ -371,6 +371,8 @@ class CallProtocol:
         name = msg.get("name")
         if type(call_id) is not str or not call_id:
             raise ProtocolViolation("tool.call without a call_id")
+        if self.info is None:
+            raise ProtocolViolation("tool.call before the call started")
         raw = msg.get("arguments", msg.get("args"))
         if type(raw) is str:
             try:

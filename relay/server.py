@@ -73,6 +73,20 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
             raise ClientDisconnected() from None
         transport.write(b"".join(self.conn.data_to_send()))
 
+    async def send(self, message: Any) -> None:
+        if (message["type"] == "websocket.close" and self.handshake_complete
+                and not self.close_sent and not self.writable.is_set()):
+            # The peer stopped reading: a closing handshake cannot get through, and uvicorn
+            # would wait for the buffer to drain forever. Drop the connection instead.
+            self.close_sent = True
+            self.transport.abort()
+            return
+        await super().send(message)
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self.transport.abort()  # a dead peer never takes the buffered data: do not wait for it
+
     def send_receive_event_to_app(self) -> None:
         data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
         self.frames = []

@@ -162,6 +162,7 @@ class Relay:
             self.http = http
             # What start-up built (modules, tools, routes) lives as long as the process: keep
             # it out of the collector's full passes, which would otherwise pause every call.
+            gc.collect()
             gc.freeze()
             yield
             self.http = None

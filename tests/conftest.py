@@ -58,6 +58,7 @@ async def run_relay(
     settings_for: Callable[[int], Settings],
     registry: Registry,
     extra_routes: Callable[[Relay], list[BaseRoute]] | None = None,
+    **server_options: Any,
 ) -> AsyncIterator[RunningRelay]:
     """uvicorn serving the real app on 127.0.0.1:0, configured as ``app.py`` configures it."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -65,7 +66,8 @@ async def run_relay(
     sock.bind(("127.0.0.1", 0))
     settings = settings_for(sock.getsockname()[1])
     app = create_app(settings, registry, extra_routes=extra_routes)
-    serving = uvicorn.Server(server.config(app, log_level="warning", lifespan="on"))
+    serving = uvicorn.Server(server.config(app, log_level="warning", lifespan="on",
+                                           **server_options))
     task = asyncio.create_task(serving.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(5):
@@ -82,13 +84,14 @@ async def run_relay(
 
 @pytest.fixture
 def make_relay() -> Callable[..., contextlib.AbstractAsyncContextManager[RunningRelay]]:
-    """``async with make_relay(agent, tools=[...], **settings) as relay``."""
+    """``async with make_relay(agent, tools=[...], server={...}, **settings) as relay``."""
 
     @contextlib.asynccontextmanager
     async def make(agent: FakeAgent, *, tools: Iterable[Callable[..., Any]] = (),
+                   server: dict[str, Any] | None = None,
                    **overrides: Any) -> AsyncIterator[RunningRelay]:
         async with run_relay(lambda port: test_settings(port, agent.url, **overrides),
-                             Registry(tools)) as relay:
+                             Registry(tools), **(server or {})) as relay:
             yield relay
 
     return make

@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from relay.agent_link import AgentLink
+from relay.agent_link import AgentLink, LinkClosed
 from relay.twilio_sim import SimulatedCall
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import AgentSession, FakeAgent
@@ -80,12 +80,28 @@ async def test_a_caller_that_stops_reading_ends_the_call(make_relay) -> None:
         assert session.violations == []
 
 
+async def test_a_caller_whose_line_went_dead_is_dropped_by_keepalive(make_relay) -> None:
+    async def burst(session: AgentSession) -> None:  # audio on its way when the line dies
+        for i in range(8):
+            await session.send({"type": "reply.audio", "reply_id": f"r{i}", "data": BIG})
+
+    keepalive = {"ws_ping_interval": 0.2, "ws_ping_timeout": 0.2}
+    async with (FakeAgent(script=burst).running() as agent,
+                make_relay(agent, server=keepalive) as relay):
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
+            call.ws.transport.pause_reading()  # nothing is read, no ping is answered
+            session = await agent.session()
+            await asyncio.wait_for(session.closed.wait(), 5 * MS)
+            call.ws.transport.resume_reading()
+        assert session.ended.is_set(), "the relay ends the agent session (session.end)"
+
+
 # ---------------------------------------------------------------------- AgentLink itself
 
 
 @contextlib.asynccontextmanager
 async def ws_server(handler):  # type: ignore[no-untyped-def]
-    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+    async with serve(handler, "127.0.0.1", 0, compression=None, close_timeout=0.5) as server:
         port = server.sockets[0].getsockname()[1]
         yield f"ws://127.0.0.1:{port}/"
 
@@ -104,6 +120,27 @@ async def test_link_closes_when_keepalive_pings_go_unanswered() -> None:
         closed = await asyncio.wait_for(link.closed, 2 * MS)
         assert closed.code == 1006 and not closed.clean
         done.set()
+
+
+async def test_after_the_agents_close_frame_sends_fail_with_its_code() -> None:
+    async def leaving(ws: ServerConnection) -> None:
+        ws.transport.pause_reading()  # so the TCP close waits for close_timeout
+        await ws.close(1001, "going away")
+
+    async with ws_server(leaving) as url:
+        link = await AgentLink.open(url, headers={}, on_message=lambda m: None,
+                                    open_timeout=2 * MS)
+        async with asyncio.timeout(2 * MS):
+            while True:  # caller audio keeps coming while the agent's close frame arrives
+                try:
+                    link.send(b"{}")
+                except LinkClosed as exc:
+                    gone = exc
+                    break
+                await asyncio.sleep(0.01)
+        assert not link.closed.done(), "the TCP connection is still open"
+        assert (gone.code, gone.clean, str(gone)) == (1001, True, "the agent closed the connection")
+        await link.close(close_timeout=2 * MS)
 
 
 async def test_link_stays_open_while_pings_are_answered_and_closes_cleanly() -> None:

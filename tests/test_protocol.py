@@ -206,6 +206,12 @@ def test_tool_call_accepts_arguments_or_args_as_object_or_string() -> None:
         RunTool("c2", "f", {})]
 
 
+def test_tool_call_before_the_call_started_is_a_violation() -> None:
+    call = CallProtocol(session_update=UPDATE)
+    with pytest.raises(ProtocolViolation, match="before the call started"):
+        call.agent_message({"type": "tool.call", "call_id": "c1", "name": "f", "arguments": {}})
+
+
 def test_malformed_tool_call_is_answered_with_an_error() -> None:
     call = started(tool_result_timing="immediate")
     (result,) = wire(call.agent_message({"type": "tool.call", "call_id": "c1", "name": "f",
