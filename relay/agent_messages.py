@@ -6,10 +6,14 @@ both directions, the exact bytes Twilio carries, so base64 strings pass through 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 PCMU = {"encoding": "audio/pcmu"}
+# The agent waits this much longer for a tool than the relay lets it run, so the relay's
+# timeout (an error result the agent can speak around) always comes first (agent-api.md §3.1.4).
+TOOL_TIMEOUT_MARGIN = 5
 
 # Error codes after which the session cannot go on (agent-api.md §4.4); compared lower-case.
 FATAL_ERRORS = frozenset({
@@ -25,17 +29,24 @@ def session_update(
     greeting: str | None,
     voice: str,
     tools: Sequence[Mapping[str, Any]],
+    tool_timeout: float | None = None,
 ) -> dict[str, Any]:
     """The first message of a session: persona, greeting, μ-law both ways, and the tools.
 
     ``greeting`` is omitted when empty (the agent then listens first): ``null`` is rejected.
-    ``output`` cannot change after ``session.ready``, so everything is set here.
+    ``output`` cannot change after ``session.ready``, so everything is set here. With
+    ``tool_timeout`` (the relay's), each tool tells the agent to wait a little longer.
     """
+    specs = [dict(t) for t in tools]
+    if tool_timeout is not None:
+        wait = min(300, max(1, math.ceil(tool_timeout) + TOOL_TIMEOUT_MARGIN))
+        for spec in specs:
+            spec.setdefault("timeout_seconds", wait)
     session: dict[str, Any] = {
         "system_prompt": system_prompt,
         "input": {"format": dict(PCMU)},
         "output": {"voice": voice, "format": dict(PCMU)},
-        "tools": [dict(t) for t in tools],
+        "tools": specs,
     }
     if greeting:
         session["greeting"] = greeting

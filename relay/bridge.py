@@ -99,6 +99,7 @@ class CallBridge:
                 greeting=settings.agent_greeting,
                 voice=settings.agent_voice,
                 tools=registry.specs,
+                tool_timeout=settings.tool_timeout,
             ),
             tool_result_timing=settings.tool_result_timing,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import math
 import socket
 import threading
 import time
@@ -223,6 +224,8 @@ async def test_tool_result_has_the_call_id_and_waits_for_reply_done(make_relay) 
         (update,) = c.session.of_type("session.update")
         (spec,) = update["session"]["tools"]
         assert spec["name"] == "add" and spec["parameters"]["required"] == ["a", "b"]
+        # the agent waits longer than the relay's TOOL_TIMEOUT, so the relay answers first
+        assert spec["timeout_seconds"] == math.ceil(1 * MS) + 5  # the tests' TOOL_TIMEOUT: 1 s
         await c.call.hang_up()
         await asyncio.wait_for(c.session.closed.wait(), 3 * MS)
     assert c.session.violations == []
