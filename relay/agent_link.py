@@ -19,6 +19,7 @@ import ssl
 from collections.abc import Callable
 from typing import cast
 
+from websockets.asyncio.client import connect_http_proxy
 from websockets.client import ClientProtocol
 from websockets.exceptions import (
     ConnectionClosed,
@@ -29,7 +30,8 @@ from websockets.exceptions import (
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import OPEN, State
-from websockets.uri import parse_uri
+from websockets.proxy import Proxy, get_proxy, parse_proxy
+from websockets.uri import WebSocketURI, parse_uri
 
 # Unsent bytes to the agent before it counts as stalled: about 20 s of caller audio.
 MAX_UNSENT = 256 * 1024
@@ -70,6 +72,9 @@ class AgentLink(asyncio.Protocol):
                    max_size: int = 1 << 20, ping_interval: float = 20.0) -> AgentLink:
         """Connect and complete the handshake within ``open_timeout`` seconds.
 
+        Like the ``websockets`` client, it goes through the HTTP(S) proxy the environment names
+        for the URL (``wss_proxy``/``https_proxy``, ``ws_proxy``/``http_proxy``, ``no_proxy``).
+
         Raises:
             OSError: the connection failed or was lost during the handshake.
             InvalidHandshake: the server refused the WebSocket (e.g. HTTP 401).
@@ -83,13 +88,26 @@ class AgentLink(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         link = cls(protocol, headers, on_message, ping_interval)
         context = _tls_context() if uri.secure else None
+        proxy = get_proxy(uri)
+        tunnel: asyncio.Transport | None = None
         try:
             async with asyncio.timeout(open_timeout):
-                await loop.create_connection(lambda: link, uri.host, uri.port, ssl=context,
-                                             server_hostname=uri.host if context else None)
+                if proxy is None:
+                    await loop.create_connection(lambda: link, uri.host, uri.port, ssl=context,
+                                                 server_hostname=uri.host if context else None)
+                else:
+                    tunnel = await _through_proxy(parse_proxy(proxy), uri)
+                    tunnel.set_protocol(link)
+                    if context is not None:
+                        tunnel = await loop.start_tls(tunnel, link, context,
+                                                      server_hostname=uri.host)
+                    assert tunnel is not None
+                    link.connection_made(tunnel)
                 await link._opened
         except BaseException:
             link.abort()
+            if tunnel is not None:
+                tunnel.abort()
             raise
         return link
 
@@ -244,6 +262,15 @@ class AgentLink(asyncio.Protocol):
         self._cancel_ping()
         if self._transport is not None:
             self._transport.abort()
+
+
+async def _through_proxy(proxy: Proxy, uri: WebSocketURI) -> asyncio.Transport:
+    """A tunnel to the agent through an HTTP(S) proxy (``CONNECT``), by ``websockets``."""
+    if not proxy.scheme.startswith("http"):
+        raise OSError(f"{proxy.scheme} proxies are not supported for the agent connection; "
+                      "set no_proxy for its host")
+    secure = {"ssl": _tls_context()} if proxy.scheme == "https" else {}
+    return await connect_http_proxy(proxy, uri, user_agent_header=USER_AGENT, **secure)
 
 
 @functools.cache

@@ -165,3 +165,42 @@ async def test_link_stays_open_while_pings_are_answered_and_closes_cleanly() -> 
         assert authorization == ["Bearer k"]
         closed = await link.close(close_timeout=2 * MS)
         assert closed.clean and closed.code == 1000
+
+
+async def test_link_goes_through_the_http_proxy_the_environment_names(monkeypatch) -> None:
+    """Like the ``websockets`` client: ``CONNECT`` through ``ws_proxy``/``http_proxy``."""
+    requests: list[bytes] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        requests.append(request.split(b"\r\n")[0])
+        host, port = request.split()[1].decode().rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    loop = asyncio.get_running_loop()
+    echoed: asyncio.Future[bytes] = loop.create_future()
+    proxy_server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    async with proxy_server, ws_server(echo) as url:
+        proxy_port = proxy_server.sockets[0].getsockname()[1]
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("ws_proxy", f"http://127.0.0.1:{proxy_port}")
+        link = await AgentLink.open(url, headers={}, open_timeout=2 * MS,
+                                    on_message=lambda m: echoed.set_result(bytes(m)))
+        link.send(b'{"via":"proxy"}')
+        assert await asyncio.wait_for(echoed, 2 * MS) == b'{"via":"proxy"}'
+        assert requests == [f"CONNECT {url[5:].rstrip('/')} HTTP/1.1".encode()]
+        await link.close(close_timeout=2 * MS)
