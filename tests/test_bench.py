@@ -1,7 +1,8 @@
 """Smoke test of ``python -m relay.bench``: a short run through our relay and the floor.
 
 It checks that frames crossed both relays intact (nothing lost, duplicated, reordered or
-altered) and that the greeting reached the caller; it never judges the timing figures.
+altered), that our relay marked the agent's replies and that the greeting reached the caller;
+it never judges the timing figures.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
                 frames["altered"]) == (0, 0, 0, 0), (kind, frames)
         assert level["agent"]["bad_messages"] == 0, (kind, level["agent"])
         assert level["latency_ms"]["samples"] > 0
+        if kind == "ours":  # the agent ends a reply every 2 s: the relay marks each one
+            assert level["agent"]["turns"] > 0 and frames["marks"] > 0, (frames, level["agent"])
 
     speech = data["start_of_speech"]
     assert speech["measured"] == 2, speech

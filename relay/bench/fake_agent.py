@@ -6,7 +6,9 @@ Protocol (``agent-api.md`` §2, §3.1, §3.3, §4.1, §4.8): the upgrade must ca
 once by a ``reply.audio`` carrying the very same base64 string; ``session.end`` is answered by
 ``session.ended`` and a 1000 close. When the update sets a ``greeting``, the agent speaks
 first, as the real one does: ``reply.started`` and one ``reply.audio`` right after
-``session.ready``.
+``session.ready``. Every ``TURN_FRAMES`` echoed frames (2 s) it ends the reply and starts the
+next (``reply.done``, ``reply.started``), so the relay does its per-reply work under load too:
+a Twilio ``mark`` after each reply, echoed by the load generator, and a log line when heard.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ GREETING_AUDIO = base64.b64encode(b"\xff" * 160).decode()
 _AUDIO_PREFIX = b'{"type":"input.audio"'
 _READY = b'{"type":"session.ready","session_id":"sess_%s"}'
 _REPLY_AUDIO = b'{"type":"reply.audio","reply_id":"' + REPLY_ID.encode() + b'","data":%b}'
+_NEXT_TURN = (b'{"type":"reply.done","reply_id":"' + REPLY_ID.encode()
+              + b'","status":"completed"}', b'{"type":"reply.started","reply_id":"'
+              + REPLY_ID.encode() + b'"}')
+TURN_FRAMES = 100
 
 
 @dataclass
@@ -39,6 +45,7 @@ class AgentStats:
     ready: int = 0
     greetings: int = 0
     audio_in: int = 0
+    turns: int = 0
     ended: int = 0
     closed_without_end: int = 0
     bad_messages: int = 0
@@ -57,6 +64,7 @@ class AgentSession(ServerEndpoint):
         self.stats = stats
         self.updated = False
         self.ended = False
+        self.echoed = 0
 
     def refuse(self, request: Request) -> HTTPStatus | None:
         auth = request.headers.get("Authorization", "")
@@ -75,6 +83,7 @@ class AgentSession(ServerEndpoint):
             if start > 0 and end > start and message.count(b'"', start) == 4:
                 self.stats.audio_in += 1
                 self.send(_REPLY_AUDIO % message[start + 8 : end].strip())
+                self._turn()
                 return
         try:
             msg = orjson.loads(message)
@@ -88,6 +97,7 @@ class AgentSession(ServerEndpoint):
             self.stats.audio_in += 1
             self.send(orjson.dumps({"type": "reply.audio", "reply_id": REPLY_ID,
                                     "data": msg.get("audio")}))
+            self._turn()
         elif kind == "session.end":
             self.ended = True
             self.stats.ended += 1
@@ -95,6 +105,13 @@ class AgentSession(ServerEndpoint):
             self.close(1000)
         elif kind not in ("session.update", "reply.create", "tool.result"):
             self._bad(f"unexpected message type {kind!r}")
+
+    def _turn(self) -> None:
+        self.echoed += 1
+        if self.echoed % TURN_FRAMES == 0:
+            self.stats.turns += 1
+            for message in _NEXT_TURN:
+                self.send(message)
 
     def _first(self, msg: object, kind: object) -> None:
         session: dict[str, Any] = {}

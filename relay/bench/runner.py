@@ -205,7 +205,7 @@ def _r(x: float | None) -> float | None:
 def _agent(agent: FakeAgent) -> dict[str, int]:
     s = agent.stats
     return {"connections": s.connections, "refused": s.refused, "ready": s.ready,
-            "audio_in": s.audio_in, "session_end": s.ended,
+            "audio_in": s.audio_in, "turns": s.turns, "session_end": s.ended,
             "closed_without_end": s.closed_without_end, "bad_messages": s.bad_messages}
 
 
