@@ -84,8 +84,10 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
 
     def keepalive_timeout(self) -> None:
+        failing = not (self.close_sent or self.transport.is_closing())
         super().keepalive_timeout()
-        self.transport.abort()  # a dead peer never takes the buffered data: do not wait for it
+        if failing:
+            self.transport.abort()  # a dead peer never takes the buffered data: do not wait
 
     def send_receive_event_to_app(self) -> None:
         data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
