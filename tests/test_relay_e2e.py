@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 
 import httpx
 import orjson
@@ -11,6 +12,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from relay.agent_link import AgentLink
+from relay.bridge import CallBridge
 from relay.twilio_sim import SimulatedCall
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import AgentSession, FakeAgent
@@ -328,6 +331,10 @@ async def test_no_tasks_or_sockets_leak_after_many_calls(make_relay) -> None:
         assert len(asyncio.all_tasks()) <= baseline
         assert all(s.closed.is_set() for s in agent.sessions)
         assert len(agent.sessions) == 110
+        # nothing of a finished call stays reachable: its bridge, protocol and agent socket
+        gc.collect()
+        alive = [o for o in gc.get_objects() if isinstance(o, CallBridge | AgentLink)]
+        assert alive == []
 
 
 async def test_observers_see_call_events_and_twilio_never_does(make_relay) -> None:
