@@ -6,8 +6,9 @@ message is handed to ``on_message`` from ``data_received`` and ``send`` writes a
 frame crosses the relay without a task switch or a queue. Writes are bounded: an agent that
 stops reading past ``MAX_UNSENT`` bytes is treated as gone rather than buffered without end.
 
-A call holds at most one link, in one attribute of its bridge, so that a resumed session
-(``session.resume``) can put a new link in its place.
+A call holds at most one link, in one attribute of its bridge. Today a closed link ends the
+call; keeping the link apart is what will let a resumed session (``session.resume``) put a new
+link in its place.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from websockets.exceptions import (
     ConnectionClosed,
     ConnectionClosedOK,
     InvalidHandshake,
+    InvalidProxy,
     InvalidURI,
 )
 from websockets.frames import Frame, Opcode
@@ -72,11 +74,14 @@ class AgentLink(asyncio.Protocol):
                    max_size: int = 1 << 20, ping_interval: float = 20.0) -> AgentLink:
         """Connect and complete the handshake within ``open_timeout`` seconds.
 
-        Like the ``websockets`` client, it goes through the HTTP(S) proxy the environment names
-        for the URL (``wss_proxy``/``https_proxy``, ``ws_proxy``/``http_proxy``, ``no_proxy``).
+        Like the ``websockets`` client, it goes through the proxy the environment names for the
+        URL, chosen as that client chooses (``websockets.proxy.get_proxy``: ``no_proxy``, then
+        ``wss_proxy``/``ws_proxy``, ``socks_proxy``, ``https_proxy``, ``http_proxy``); only HTTP(S)
+        proxies are supported.
 
         Raises:
-            OSError: the connection failed or was lost during the handshake.
+            OSError: the connection failed or was lost during the handshake, or the proxy
+                setting is invalid or unsupported.
             InvalidHandshake: the server refused the WebSocket (e.g. HTTP 401).
             TimeoutError: no handshake within ``open_timeout``.
         """
@@ -88,15 +93,19 @@ class AgentLink(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         link = cls(protocol, headers, on_message, ping_interval)
         context = _tls_context() if uri.secure else None
-        proxy = get_proxy(uri)
+        try:
+            proxy = get_proxy(uri)
+            parsed_proxy = parse_proxy(proxy) if proxy is not None else None
+        except InvalidProxy as exc:
+            raise OSError(f"invalid proxy setting: {exc}") from None
         tunnel: asyncio.Transport | None = None
         try:
             async with asyncio.timeout(open_timeout):
-                if proxy is None:
+                if parsed_proxy is None:
                     await loop.create_connection(lambda: link, uri.host, uri.port, ssl=context,
                                                  server_hostname=uri.host if context else None)
                 else:
-                    tunnel = await _through_proxy(parse_proxy(proxy), uri)
+                    tunnel = await _through_proxy(parsed_proxy, uri)
                     tunnel.set_protocol(link)
                     if context is not None:
                         tunnel = await loop.start_tls(tunnel, link, context,
@@ -105,6 +114,7 @@ class AgentLink(asyncio.Protocol):
                     link.connection_made(tunnel)
                 await link._opened
         except BaseException:
+            link._opened.cancel()  # nobody waits for it any more
             link.abort()
             if tunnel is not None:
                 tunnel.abort()
@@ -256,7 +266,7 @@ class AgentLink(asyncio.Protocol):
                 return await asyncio.shield(self.closed)
         except TimeoutError:
             self.abort()
-            return await self.closed
+            return await asyncio.shield(self.closed)
 
     def abort(self) -> None:
         self._cancel_ping()

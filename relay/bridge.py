@@ -54,6 +54,13 @@ from tools.registry import CallInfo, Registry, ToolContext
 
 logger = logging.getLogger("relay.call")
 AGENT_MAX_MESSAGE = 1 << 20
+# How the Twilio stream can end other than by a hang-up (uvicorn's disconnect codes).
+_STREAM_FAILURES = {
+    1002: "Twilio stream failed: WebSocket protocol error",
+    1007: "Twilio stream failed: invalid UTF-8",
+    1009: "Twilio stream failed: a message over the size limit",
+    1012: "the server is shutting down",
+}
 # Messages for the agent while its socket connects (in practice the one session.update).
 MAX_EARLY_TO_AGENT = 16
 
@@ -118,7 +125,8 @@ class CallBridge:
         self._thread = threading.get_ident()
         self._call: CallInfo | None = None
         self._problems: dict[str, int] = {}
-        self._finished_by: str | None = None
+        self._finished_by: str | None = None  # what the call ended as, when not its last error
+        self._transferring = False
         # Observers (the simulator, the softphone) are also sent the call's events.
         self._observe = False
         self.log = CallLog(logger, {"call": "connecting"})
@@ -194,6 +202,8 @@ class CallBridge:
 
     def _agent_closed(self, closed: asyncio.Future[LinkClosed]) -> None:
         self._agent_done.set()
+        if closed.cancelled():  # teardown was cancelled while closing: the call is over
+            return
         self._end(_agent_gone(closed.result()))
 
     def _end(self, ended: CallEnded) -> None:
@@ -270,8 +280,9 @@ class CallBridge:
         while True:
             message = await self._twilio.receive()
             if message["type"] == "websocket.disconnect":
-                if message.get("code") == 1012:
-                    raise CallEnded("the server is shutting down", 1012)
+                code = message.get("code")
+                if code in _STREAM_FAILURES:
+                    raise CallEnded(_STREAM_FAILURES[code], code)
                 raise CallEnded("caller hung up")
             self._bad("binary frame from Twilio")
 
@@ -405,14 +416,15 @@ class CallBridge:
 
     async def _do_transfer(self, number: str) -> None:
         assert self._transfer is not None and self._call is not None
-        if self._finished_by is not None:
+        if self._transferring:
             return  # the goodbye's mark and the deadline may both get here: transfer once
-        self._finished_by = f"transferred to {number}"
+        self._transferring = True
         try:
             await self._transfer(self._call.call_sid, number)
         except (TwilioException, OSError, TimeoutError):
             self.log.exception("transfer to %s failed; hanging up", number)
             raise CallEnded("transfer failed", 1011) from None
+        self._finished_by = f"transferred to {number}"
         # The call now runs the <Dial>; the agent session ends now rather than at Twilio's stop.
         raise CallEnded(f"transferred to {number}")
 

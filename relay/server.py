@@ -17,7 +17,9 @@ uvicorn's protocol matter, and the relay's streams avoid them:
   stream) when the peer has stopped reading with ``MAX_UNSENT`` bytes still queued, rather
   than buffering without end.
 
-Everything else (handshake, close, keepalive) is uvicorn's own.
+The handshake and keepalive pings are uvicorn's own; closing is bounded: a stream whose peer
+has stopped reading, or fails a keepalive ping, or does not answer a close in time, is aborted
+rather than left waiting for its buffer to drain.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
             self.transport.abort()
             return
         await super().send(message)
+        if message["type"] == "websocket.close" and self.close_timer is not None:
+            # uvicorn's timer closes the transport, which waits for unsent data: abort instead
+            self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
 
     def keepalive_timeout(self) -> None:
         failing = not (self.close_sent or self.transport.is_closing())

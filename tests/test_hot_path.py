@@ -204,3 +204,13 @@ async def test_link_goes_through_the_http_proxy_the_environment_names(monkeypatc
         assert await asyncio.wait_for(echoed, 2 * MS) == b'{"via":"proxy"}'
         assert requests == [f"CONNECT {url[5:].rstrip('/')} HTTP/1.1".encode()]
         await link.close(close_timeout=2 * MS)
+
+
+@pytest.mark.parametrize("setting", ["proxy.example:3128", "socks5://127.0.0.1:1080"])
+async def test_a_proxy_setting_the_link_cannot_use_is_a_clear_error(monkeypatch, setting) -> None:
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ws_proxy", setting)
+    with pytest.raises(OSError, match="invalid proxy setting|proxies are not supported"):
+        await AgentLink.open("ws://127.0.0.1:9/", headers={}, on_message=lambda m: None,
+                             open_timeout=2 * MS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import math
 import socket
 import threading
@@ -120,6 +121,7 @@ class FakeTwilioRest:
     requests: list[RestRequest] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     url: str = ""
+    refuse: bool = False  # answer updates as Twilio does for a call that already ended
     _new: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def _update_call(self, request: Request) -> Response:
@@ -130,6 +132,10 @@ class FakeTwilioRest:
                                          {k: str(v) for k, v in form.items()},
                                          request.headers.get("authorization", "")))
         self._new.set()
+        if self.refuse:
+            return JSONResponse({"code": 21220, "message": "Call is not in-progress. Cannot "
+                                 "redirect.", "status": 400,
+                                 "more_info": "https://www.twilio.com/docs/errors/21220"}, 400)
         return JSONResponse({
             "sid": call_sid, "account_sid": account_sid, "status": "in-progress",
             "api_version": "2010-04-01", "direction": "inbound", "from": "+15550001111",
@@ -682,6 +688,27 @@ async def test_transfer_call_updates_the_live_call_after_the_announcement(make_r
         assert c.session.ended.is_set()
         assert rest.unexpected == []
     assert c.session.violations == []
+
+
+async def test_a_failed_transfer_hangs_up_and_is_not_reported_as_a_transfer(
+        make_relay, caplog) -> None:
+    async def script(session: AgentSession) -> None:
+        await reply_with_tool_call(session, "r1", "c1", "transfer_call", arguments={})
+        await session.wait_for("tool.result")
+        await speak(session, "r2", 2, "Transferring you now.", first=40)
+
+    caplog.set_level(logging.INFO, logger="relay.call")
+    async with FakeTwilioRest(refuse=True).running() as rest, \
+            phone_call(make_relay, script, [transfer_call], playback_speed=1.0,
+                       twilio_api_base_url=rest.url, transfer_number=TRANSFER_TO) as c:
+        assert await c.call.wait_closed(3 * MS) == 1011
+        await rest.wait_for(1)
+        async with asyncio.timeout(3 * MS):
+            await c.session.closed.wait()
+    ended = [r.getMessage() for r in caplog.records if "call ended" in r.getMessage()]
+    assert len(ended) == 1 and "transfer failed" in ended[0], ended
+    assert "transferred" not in ended[0]
+    assert c.session.ended.is_set()
 
 
 async def test_transfer_to_a_number_not_allowed_is_refused(make_relay) -> None:
