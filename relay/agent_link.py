@@ -1,10 +1,10 @@
 """AgentLink: the agent WebSocket of one call, driven by callbacks rather than a read loop.
 
 The framing, masking, handshake and close handshake are the ``websockets`` library's sans-I/O
-``ClientProtocol``; this module only connects it to an ``asyncio.Protocol``. Each complete text
-message is handed to ``on_message`` from ``data_received`` and ``send`` writes at once, so a
-frame crosses the relay without a task switch or a queue. Writes are bounded: an agent that
-stops reading past ``MAX_UNSENT`` bytes is treated as gone rather than buffered without end.
+``ClientProtocol``, driven by ``SansIOWebSocket``. Each complete text message is handed to
+``on_message`` from ``data_received`` and ``send`` writes at once, so a frame crosses the
+relay without a task switch or a queue. Writes are bounded: an agent that stops reading past
+``MAX_UNSENT`` bytes is treated as gone rather than buffered without end.
 
 A call holds at most one link, in one attribute of its bridge. Today a closed link ends the
 call; keeping the link apart is what will let a resumed session (``session.resume``) put a new
@@ -18,7 +18,6 @@ import functools
 import os
 import ssl
 from collections.abc import Callable
-from typing import cast
 
 from websockets.asyncio.client import connect_http_proxy
 from websockets.client import ClientProtocol
@@ -29,16 +28,17 @@ from websockets.exceptions import (
     InvalidProxy,
     InvalidURI,
 )
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Response
+from websockets.http11 import Request, Response
 from websockets.protocol import OPEN, State
 from websockets.proxy import Proxy, get_proxy, parse_proxy
 from websockets.uri import WebSocketURI, parse_uri
 
+from relay.sansio_ws import SansIOWebSocket
+
 # Unsent bytes to the agent before it counts as stalled: about 20 s of caller audio.
 MAX_UNSENT = 256 * 1024
 USER_AGENT = "relay (websockets sans-I/O)"
-Message = bytes | bytearray | memoryview  # one complete text message: UTF-8 JSON
+Message = bytes  # one complete text message: UTF-8 JSON
 
 
 class LinkClosed(Exception):
@@ -50,18 +50,17 @@ class LinkClosed(Exception):
         self.clean = clean  # a closing handshake with 1000 or 1001 on both sides
 
 
-class AgentLink(asyncio.Protocol):
+class AgentLink(SansIOWebSocket):
     """One agent WebSocket. Open it with ``AgentLink.open``."""
 
     def __init__(self, protocol: ClientProtocol, headers: dict[str, str],
                  on_message: Callable[[Message], None], ping_interval: float) -> None:
+        super().__init__(protocol)
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._ws = protocol
+        self._client = protocol
         self._headers = headers
-        self._on_message = on_message
-        self._transport: asyncio.Transport | None = None
-        self._fragments: list[Message] = []
+        self.on_message = on_message
         self._opened: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[LinkClosed] = loop.create_future()
         self._ping_interval = ping_interval
@@ -124,41 +123,22 @@ class AgentLink(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        request = self._ws.connect()
+        super().connection_made(transport)
+        request = self._client.connect()
         request.headers["User-Agent"] = USER_AGENT
         for name, value in self._headers.items():
             request.headers[name] = value
-        self._ws.send_request(request)
-        self._flush()
-
-    def data_received(self, data: bytes) -> None:
-        self._ws.receive_data(data)
-        self._flush()  # pongs and the closing handshake
-        self._events()
-
-    def _events(self) -> None:
-        for event in self._ws.events_received():
-            if type(event) is Frame:
-                self._frame(event)
-            elif isinstance(event, Response):
-                self._handshake_done()
-
-    def eof_received(self) -> bool | None:
-        self._ws.receive_eof()
-        self._flush()
-        self._events()  # a refusal's response may end at the end of the stream
-        return None  # close the transport
+        self._client.send_request(request)
+        self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_ping()
-        ws = self._ws
-        ws.receive_eof()
-        self._events()
+        super().connection_lost(exc)
         if not self._opened.done():
             self._opened.set_exception(ConnectionResetError(
                 "connection closed during the WebSocket handshake"))
         if not self.closed.done():
+            ws = self.ws
             closed = ws.close_exc if ws.state is State.CLOSED else None
             if closed is None:
                 error = LinkClosed("connection lost", 1006)
@@ -166,32 +146,19 @@ class AgentLink(asyncio.Protocol):
                 error = _link_closed(closed)
             self.closed.set_result(error)
 
-    # ------------------------------------------------------------------ frames
-
-    def _frame(self, frame: Frame) -> None:
-        opcode = frame.opcode
-        if opcode is Opcode.TEXT:
-            if frame.fin:
-                self._on_message(frame.data)
-            else:
-                self._fragments = [frame.data]
-        elif opcode is Opcode.CONT and self._fragments:
-            self._fragments.append(frame.data)
-            if frame.fin:
-                message, self._fragments = b"".join(self._fragments), []
-                self._on_message(message)
-        elif opcode is Opcode.PONG and frame.data == self._ping_payload:
-            self._ping_payload = None
-
-    def _handshake_done(self) -> None:
+    def on_handshake(self, event: Request | Response) -> None:
         if self._opened.done():
             return
-        error = self._ws.handshake_exc
+        error = self._client.handshake_exc
         if error is not None:
             self._opened.set_exception(error)
             return
         self._opened.set_result(None)
         self._schedule_ping()
+
+    def on_pong(self, data: bytes) -> None:
+        if data == self._ping_payload:
+            self._ping_payload = None
 
     # ------------------------------------------------------------------ sending
 
@@ -201,7 +168,7 @@ class AgentLink(asyncio.Protocol):
         Raises:
             LinkClosed: the link is closing or closed, or the agent stopped reading.
         """
-        ws, transport = self._ws, self._transport
+        ws, transport = self.ws, self.transport
         if ws.state is not OPEN or transport is None or transport.is_closing():
             raise self._gone()
         if transport.get_write_buffer_size() > MAX_UNSENT:
@@ -213,23 +180,13 @@ class AgentLink(asyncio.Protocol):
     def _gone(self) -> LinkClosed:
         if self.closed.done():
             return self.closed.result()
-        received = self._ws.close_rcvd  # the agent's close frame came before the TCP close
+        received = self.ws.close_rcvd  # the agent's close frame came before the TCP close
         if received is not None:
             if received.code in (1000, 1001):
                 return LinkClosed("the agent closed the connection", received.code, clean=True)
             return LinkClosed(f"agent connection lost (close code {received.code})",
                               received.code)
         return LinkClosed("connection closing", 1006)
-
-    def _flush(self) -> None:
-        transport = self._transport
-        if transport is None:
-            return
-        for chunk in self._ws.data_to_send():
-            if chunk:
-                transport.write(chunk)
-            elif transport.can_write_eof():
-                transport.write_eof()  # the protocol's end of stream
 
     # ------------------------------------------------------------------ keepalive and closing
 
@@ -239,14 +196,14 @@ class AgentLink(asyncio.Protocol):
 
     def _keepalive(self) -> None:
         """Ping; when the previous ping is still unanswered, the connection is dead."""
-        if self._ws.state is not OPEN:
+        if self.ws.state is not OPEN:
             return
         if self._ping_payload is not None:
             self.abort()
             return
         self._ping_payload = os.urandom(4)
-        self._ws.send_ping(self._ping_payload)
-        self._flush()
+        self.ws.send_ping(self._ping_payload)
+        self.flush()
         self._schedule_ping()
 
     def _cancel_ping(self) -> None:
@@ -256,11 +213,11 @@ class AgentLink(asyncio.Protocol):
 
     async def close(self, *, close_timeout: float) -> LinkClosed:
         """Close handshake with code 1000, waiting at most ``close_timeout`` before aborting."""
-        if self._transport is None:
+        if self.transport is None:
             return LinkClosed("never connected")
-        if self._ws.state is OPEN:
-            self._ws.send_close(1000)
-            self._flush()
+        if self.ws.state is OPEN:
+            self.ws.send_close(1000)
+            self.flush()
         try:
             async with asyncio.timeout(close_timeout):
                 return await asyncio.shield(self.closed)
@@ -270,8 +227,8 @@ class AgentLink(asyncio.Protocol):
 
     def abort(self) -> None:
         self._cancel_ping()
-        if self._transport is not None:
-            self._transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
 
 
 async def _through_proxy(proxy: Proxy, uri: WebSocketURI) -> asyncio.Transport:
