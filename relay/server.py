@@ -3,13 +3,12 @@
 A media stream is fifty small JSON messages a second each way, so the per-message costs of
 uvicorn's protocol matter, and the relay's streams avoid them:
 
-* uvicorn stops reading the socket after every received message until the app has taken it
-  (two ``epoll_ctl`` system calls per frame); here reading pauses only when ``READ_AHEAD``
-  messages wait, which is still a bounded buffer with back-pressure.
-* Receiving goes through a queue and a task switch per message. Streams get the ASGI
-  extension ``relay.receive_text``: a function taking a callback, which from then on gets
-  each text message's UTF-8 bytes from ``data_received``; ASGI ``receive`` then carries only
-  the disconnect (and binary messages). Register it before accepting the stream.
+* Receiving goes through a queue and a task switch per message, and uvicorn stops reading the
+  socket after each one until the app has taken it (two ``epoll_ctl`` system calls per frame).
+  Streams get the ASGI extension ``relay.receive_text``: a function taking a callback, which
+  from then on gets each text message's UTF-8 bytes from ``data_received``, with no queue and
+  no pause; ASGI ``receive`` then carries only the disconnect (and binary messages), as
+  uvicorn delivers them. Register it before accepting the stream.
 * Sending goes through ASGI's ``send`` (a coroutine, several wrappers, and a ``str`` that is
   encoded again). Streams also get the ASGI extension ``relay.send_text``: a plain function
   that frames UTF-8 JSON ``bytes`` as a text message and writes it at once. It raises
@@ -35,7 +34,6 @@ from websockets.http11 import Request
 
 SEND_TEXT = "relay.send_text"
 RECEIVE_TEXT = "relay.receive_text"
-READ_AHEAD = 32
 # Unsent bytes to the caller before the stream counts as stalled: about 30 s of audio.
 MAX_UNSENT = 512 * 1024
 # Twilio's largest message is `start` with its <Parameter>s: a few KiB.
@@ -47,7 +45,7 @@ class StreamStalled(ClientDisconnected):
 
 
 class MediaStreamProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol: bounded read-ahead, direct receive and send."""
+    """uvicorn's sans-I/O WebSocket protocol with a direct receive and send for streams."""
 
     on_text: Callable[[bytes], None] | None = None
 
@@ -96,26 +94,13 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
             self.transport.abort()  # a dead peer never takes the buffered data: do not wait
 
     def send_receive_event_to_app(self) -> None:
+        on_text = self.on_text
+        if on_text is None or self.curr_msg_data_type != "text" or self.close_sent:
+            super().send_receive_event_to_app()
+            return
         data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
         self.frames = []
-        if self.close_sent:
-            return  # past websocket.close: keep reading until the peer's close reply
-        if self.curr_msg_data_type == "text" and self.on_text is not None:
-            self.on_text(data)
-            return
-        if self.curr_msg_data_type == "text":
-            try:
-                self.queue.put_nowait({"type": "websocket.receive", "text": data.decode()})
-            except UnicodeDecodeError:
-                self.logger.warning("invalid UTF-8 in a text message; closing the stream")
-                self.conn.send_close(1007)
-                self.handle_parser_exception()
-                return
-        else:
-            self.queue.put_nowait({"type": "websocket.receive", "bytes": data})
-        if not self.read_paused and self.queue.qsize() >= READ_AHEAD:
-            self.read_paused = True
-            self.transport.pause_reading()
+        on_text(data)
 
 
 def config(app: Any, *, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info",
