@@ -1,8 +1,8 @@
 """Composition root: configuration, tools and the web app, and ``python app.py`` to serve.
 
 Nothing reads the environment at import time: ``main()`` loads ``.env``, builds everything
-from it and serves with ``relay.server.config``. ``create_app()`` builds the app alone, for
-embedding; media streams need the server protocol that ``relay.server`` configures.
+from it and serves with ``relay.serving.config``. ``create_app()`` builds the app alone, for
+embedding; media streams need the server protocol that ``relay.serving`` configures.
 """
 
 from __future__ import annotations
@@ -10,19 +10,34 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from functools import partial
+from pathlib import Path
 
 import uvicorn
 from dotenv import load_dotenv
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute, WebSocketRoute
 
-from relay import server
+from relay import serving
+from relay.call_control import end_call, transfer_call
 from relay.config import Settings
 from relay.errors import ConfigError, ToolError
-from relay.phone import phone_routes
-from relay.web import create_app as create_web_app
-from tools.registry import load_tools
+from relay.local.agent import local_agent_endpoint
+from relay.local.softphone import phone_routes
+from relay.routes import Relay
+from relay.routes import create_app as create_web_app
+from relay.tools import Registry, load_tools
 
 log = logging.getLogger("relay")
+# The user's tools: plain modules in a folder, loaded by path (TOOLS_DIR chooses another).
+TOOLS_DIR = Path(__file__).resolve().parent / "tools"
+
+
+def load_registry(settings: Settings) -> Registry:
+    """The built-in call control, then every tool of the tools folder."""
+    builtin = Registry([end_call, transfer_call] if settings.transfers_enabled else [end_call])
+    return load_tools(settings.tools_dir or TOOLS_DIR, builtin)
+
 
 def load_settings() -> Settings:
     load_dotenv()
@@ -32,7 +47,7 @@ def load_settings() -> Settings:
 def build(settings: Settings) -> Starlette:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    registry = load_tools()
+    registry = load_registry(settings)
     if settings.local_agent:
         log.info("agent: the built-in local agent (echo test; no ASSEMBLYAI_API_KEY is set). "
                  "Set ASSEMBLYAI_API_KEY in .env to talk to AssemblyAI's Voice Agent API.")
@@ -47,12 +62,21 @@ def build(settings: Settings) -> Starlette:
     if settings.phone_enabled:
         log.info("browser softphone: http://localhost:%d/phone (this machine only%s)",
                  settings.port, "; others with PHONE_PASSWORD" if settings.phone_password else "")
-    return create_web_app(settings, registry,
-                          extra_routes=phone_routes if settings.phone_enabled else None)
+    return create_web_app(settings, registry, extra_routes=partial(local_routes, settings))
+
+
+def local_routes(settings: Settings, relay: Relay) -> list[BaseRoute]:
+    """What lets you try the relay without a phone: the local agent and the softphone."""
+    routes: list[BaseRoute] = []
+    if settings.local_agent:
+        routes.append(WebSocketRoute("/local-agent", local_agent_endpoint(settings.agent_key)))
+    if settings.phone_enabled:
+        routes += phone_routes(relay)
+    return routes
 
 
 def create_app() -> Starlette:
-    """The app, configured from the environment (serve it with ``relay.server.config``)."""
+    """The app, configured from the environment (serve it with ``relay.serving.config``)."""
     return build(load_settings())
 
 
@@ -63,10 +87,10 @@ def main() -> int:
     except (ConfigError, ToolError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
-    serving = uvicorn.Server(server.config(app, host=settings.host, port=settings.port,
+    server = uvicorn.Server(serving.config(app, host=settings.host, port=settings.port,
                                            log_level=settings.log_level.lower()))
-    serving.run()
-    return 0 if serving.started else 1  # start-up failed
+    server.run()
+    return 0 if server.started else 1  # start-up failed
 
 
 if __name__ == "__main__":

@@ -1,0 +1,29 @@
+"""relay: Twilio Media Streams bridged byte for byte to a speech-to-speech agent.
+
+The map, in the order a call meets it::
+
+    app.py                 composition root: settings, tools, routes; ``python app.py`` serves
+    relay/
+      config.py            every setting, read once from the environment
+      serving.py           how the app is served: uvicorn's WebSocket protocol, tuned for streams
+      routes.py            HTTP and WebSocket routes, the lifespan, one error boundary per call
+      security.py          Twilio signatures and per-call stream tokens
+      twiml.py             TwiML documents (twilio's builder)
+      bridge.py            CallBridge: the one owner of a call's sockets, tasks and timeouts
+      protocol.py          CallProtocol: the pure state of a call, messages in, actions out
+      twilio_messages.py   the Media Streams wire format
+      agent_messages.py    the Voice Agent API wire format
+      agent_link.py        the agent socket, on websockets' sans-I/O protocol
+      sansio_ws.py         one driver for websockets' sans-I/O protocol
+      tools.py             the tool API: ``tool``, ``ToolContext``, ``Registry``, ``load_tools``
+      call_control.py      the built-in tools: ``end_call``, ``transfer_call``
+      twilio_rest.py       Twilio's REST API (transfers, outbound calls)
+      errors.py            the exception tree
+      outbound.py          ``python -m relay.outbound +15551234567``
+      simulate.py          ``python -m relay.simulate``: a call from the terminal
+      local/               trying it without a phone (depends on the core, never the reverse):
+                           the local agent, its session and keypad, μ-law audio helpers, the
+                           simulated caller and the browser softphone with its static files
+      bench/               ``python -m relay.bench``: the relay against a bare relay (extra: bench)
+    tools/                 the user's tools: plain modules loaded by path (``TOOLS_DIR``)
+"""

@@ -12,7 +12,7 @@ network handshake overlaps Twilio's ``connected``/``start``; ``session.update`` 
 once ``start`` carried a valid per-call token, so a forged stream never opens a session.
 
 The audio path has no queue and no task switch: each message is handled in the
-``data_received`` callback of the socket it arrived on (``relay.server``'s ``receive_text``
+``data_received`` callback of the socket it arrived on (``relay.serving``'s ``receive_text``
 extension for Twilio, ``AgentLink`` for the agent) and written to the other socket at once.
 Both writes are bounded: a peer that stops reading ends the call. Tasks are left for what
 waits: connecting, the tools, the hang-up deadline and the end of the stream.
@@ -49,8 +49,8 @@ from relay.protocol import (
     Transfer,
 )
 from relay.security import StreamTokens
-from relay.server import RECEIVE_TEXT, SEND_TEXT, StreamStalled
-from tools.registry import CallInfo, Registry, ToolContext
+from relay.serving import RECEIVE_TEXT, SEND_TEXT, StreamStalled
+from relay.tools import CallInfo, Registry, ToolContext
 
 logger = logging.getLogger("relay.call")
 AGENT_MAX_MESSAGE = 1 << 20

@@ -49,6 +49,8 @@ class Settings:
     phone_password: str | None = field(default=None, repr=False)
     transfer_number: str | None = None
     transfer_allowed: tuple[str, ...] = ()
+    # The folder of the user's tools; None: ``tools/`` next to ``app.py``.
+    tools_dir: str | None = None
     tool_result_timing: ToolResultTiming = "after_reply"
     # Named timeouts, in seconds.
     tool_timeout: float = 8.0
@@ -63,6 +65,12 @@ class Settings:
     def local_agent(self) -> bool:
         """True when no AssemblyAI key is set: calls go to the built-in local agent."""
         return not self.assemblyai_api_key
+
+    @property
+    def transfers_enabled(self) -> bool:
+        """A transfer can happen: a number to transfer to, and REST credentials to do it."""
+        return bool(self.transfer_number or self.transfer_allowed) and bool(
+            self.twilio_account_sid and self.twilio_auth_token)
 
     @property
     def verify_signatures(self) -> bool:
@@ -137,6 +145,7 @@ class Settings:
         take("PHONE_PASSWORD", "phone_password")
         take("TRANSFER_NUMBER", "transfer_number", _e164)
         take("TRANSFER_ALLOWED", "transfer_allowed", _e164_list)
+        take("TOOLS_DIR", "tools_dir")
         take("TOOL_RESULT_TIMING", "tool_result_timing", _choice("after_reply", "immediate"))
         for key in ("TOOL_TIMEOUT", "START_TIMEOUT", "AGENT_OPEN_TIMEOUT", "AGENT_CLOSE_TIMEOUT",
                     "HANGUP_TIMEOUT", "MAX_CALL_SECONDS", "TOKEN_TTL"):

@@ -34,7 +34,7 @@ from twilio.rest import Client
 from relay import twilio_rest
 from relay.config import E164, Settings
 from relay.errors import ConfigError, RelayError
-from relay.web import MAX_PARAMETER
+from relay.routes import MAX_PARAMETER
 
 STATUS_EVENTS = ("initiated", "ringing", "answered", "completed")
 ENDED = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})

@@ -1,6 +1,6 @@
 """Place a phone call into a running relay from the terminal: ``python -m relay.simulate``.
 
-The call is placed exactly as Twilio places it (``relay.twilio_sim``): a signed ``POST /twiml``,
+The call is placed exactly as Twilio places it (``relay.local.caller``): a signed ``POST /twiml``,
 the ``<Stream>`` of its TwiML, a signed WebSocket upgrade, ``connected`` and ``start`` with the
 ``<Parameter>``s, then one 160-byte μ-law frame every 20 ms, paced on a monotonic clock. Audio
 sent to the caller is played on that clock too: marks are echoed once it has played and
@@ -34,7 +34,7 @@ import httpx
 from dotenv import dotenv_values, find_dotenv
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from relay.audio import (
+from relay.local.audio import (
     FRAME_BYTES,
     FRAME_MS,
     RATE,
@@ -44,7 +44,7 @@ from relay.audio import (
     ulaw_encode,
     write_ulaw_wav,
 )
-from relay.twilio_sim import SimulatedCall
+from relay.local.caller import SimulatedCall
 
 WEBHOOK_PATH = "/twiml?observe=1"
 FRAME_SECONDS = FRAME_MS / 1000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -14,11 +15,12 @@ import pytest
 import uvicorn
 from starlette.routing import BaseRoute
 
-from relay import server
+from app import local_routes
+from relay import serving
 from relay.config import Settings
-from relay.web import Relay, create_app
+from relay.routes import Relay, create_app
+from relay.tools import Registry
 from tests.fakes import KEY, FakeAgent
-from tools.registry import Registry
 
 AUTH_TOKEN = "test-twilio-auth-token"
 # Scales every timeout in the tests for slow machines: RELAY_TEST_MS=3 triples them.
@@ -65,19 +67,21 @@ async def run_relay(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     settings = settings_for(sock.getsockname()[1])
-    app = create_app(settings, registry, extra_routes=extra_routes)
-    serving = uvicorn.Server(server.config(app, log_level="warning", lifespan="on",
+    # The routes app.py adds (the local agent, the softphone) unless a test names its own.
+    app = create_app(settings, registry,
+                     extra_routes=extra_routes or functools.partial(local_routes, settings))
+    server = uvicorn.Server(serving.config(app, log_level="warning", lifespan="on",
                                            **server_options))
-    task = asyncio.create_task(serving.serve(sockets=[sock]))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(5):
-            while not serving.started:
+            while not server.started:
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.005)
-        yield RunningRelay(settings, serving)
+        yield RunningRelay(settings, server)
     finally:
-        serving.should_exit = True
+        server.should_exit = True
         await asyncio.wait_for(task, 10)
         sock.close()
 

@@ -1,4 +1,4 @@
-"""relay.audio: G.711 μ-law, resampling, WAV files, tones, frame energy and the VAD."""
+"""relay.local.audio: G.711 μ-law, resampling, WAV files, tones, frame energy and the VAD."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from relay import audio
-from relay.audio import FRAME_BYTES, Vad
+from relay.local import audio
+from relay.local.audio import FRAME_BYTES, Vad
 
 
 def test_known_code_points() -> None:

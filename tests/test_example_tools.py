@@ -11,7 +11,9 @@ import httpx
 import orjson
 import pytest
 
-from tools.registry import CallInfo, Registry, ToolContext, ToolOutcome, load_tools
+from app import TOOLS_DIR
+from relay.call_control import end_call, transfer_call
+from relay.tools import CallInfo, Registry, ToolContext, ToolOutcome, load_tools
 
 
 @pytest.fixture
@@ -79,7 +81,7 @@ class OpenMeteo:
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    return load_tools("tools")
+    return load_tools(TOOLS_DIR, Registry([end_call, transfer_call]))
 
 
 @pytest.fixture

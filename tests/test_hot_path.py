@@ -1,7 +1,7 @@
 """The audio path's edges: whole messages from fragments, peers that stop reading, keepalive.
 
 The relay writes each frame at once instead of queueing it (``relay.agent_link``,
-``relay.server``); these tests check that the writes stay bounded: a peer that stops reading
+``relay.serving``); these tests check that the writes stay bounded: a peer that stops reading
 ends its own call, and only its own.
 """
 
@@ -17,7 +17,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from relay.agent_link import AgentLink, LinkClosed
-from relay.twilio_sim import SimulatedCall
+from relay.local.caller import SimulatedCall
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import AgentSession, FakeAgent
 

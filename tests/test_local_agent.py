@@ -19,11 +19,12 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 
-from relay import audio, local_session
-from relay import server as relay_server
-from relay.audio import FRAME_BYTES
-from relay.keypad import Keypad, example_arguments, pressed_key
-from relay.local_agent import LocalSession, Pacing, local_agent_endpoint
+from relay import serving as relay_server
+from relay.local import audio
+from relay.local import session as local_session
+from relay.local.agent import LocalSession, Pacing, local_agent_endpoint
+from relay.local.audio import FRAME_BYTES
+from relay.local.keypad import Keypad, example_arguments, pressed_key
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from relay.config import Settings
+from relay.local.caller import parse_stream
 from relay.outbound import CallError, build_call_request, main, place_call
 from relay.security import twilio_signature
-from relay.twilio_sim import parse_stream
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fake_twilio_rest import ACCOUNT_SID, TWILIO_NUMBER, FakeTwilioRest
 from tests.fakes import FakeAgent
@@ -128,7 +128,7 @@ def test_a_local_public_url_is_refused_for_real_twilio() -> None:
 @pytest.mark.anyio
 async def test_outbound_call_end_to_end_the_agent_greets_with_the_per_call_options(
         make_relay, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="relay.web")
+    caplog.set_level(logging.INFO, logger="relay.routes")
     with FakeTwilioRest(AUTH_TOKEN).running() as twilio:
         async with FakeAgent(script=greet).running() as agent, make_relay(
                 agent, twilio_api_base_url=twilio.base_url,

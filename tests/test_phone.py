@@ -29,14 +29,14 @@ from starlette.requests import Request
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from relay import audio
 from relay.config import Settings
-from relay.phone import phone_access, phone_routes
+from relay.local import audio
+from relay.local.softphone import phone_access, phone_routes
 from relay.security import StreamTokens, twilio_signature
+from relay.tools import Registry
 from tests import conftest
 from tests.conftest import AUTH_TOKEN, MS, RunningRelay
 from tests.fakes import AgentSession, FakeAgent
-from tools.registry import Registry
 
 pytestmark = pytest.mark.anyio
 

@@ -1,15 +1,13 @@
-"""tools.registry: schemas from type hints, discovery, and running calls into outcomes."""
+"""relay.tools: schemas from type hints, discovery, and running calls into outcomes."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
 import logging
-import sys
 import textwrap
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -17,8 +15,9 @@ import httpx
 import orjson
 import pytest
 
+from relay.call_control import end_call
 from relay.errors import ToolError
-from tools.registry import (
+from relay.tools import (
     CallInfo,
     Registry,
     ToolContext,
@@ -319,26 +318,22 @@ def test_duplicate_names_are_rejected() -> None:
 
 
 @pytest.fixture
-def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A fresh importable package in tmp_path; yields (name, write(file, source))."""
-    name = f"tools_{uuid.uuid4().hex[:12]}"
-    root = tmp_path / name
+def folder(tmp_path: Path) -> Any:
+    """A fresh tools folder (not a package, not on sys.path); yields (path, write(file, src))."""
+    root = tmp_path / "my tools"
     root.mkdir()
-    (root / "__init__.py").write_text('"""Test tools."""\n')
-    monkeypatch.syspath_prepend(str(tmp_path))
 
     def write(file: str, source: str) -> None:
         (root / file).write_text(textwrap.dedent(source))
 
-    yield name, write
-    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
-        del sys.modules[module]
+    yield root, write
 
 
-def test_load_tools_registers_decorated_functions_of_every_module(package: Any) -> None:
-    name, write = package
+def test_load_tools_registers_decorated_functions_of_every_file(
+        folder: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    root, write = folder
     write("alpha.py", """
-        from tools.registry import tool
+        from relay.tools import tool
 
         @tool
         def hello(who: str) -> str:
@@ -350,18 +345,9 @@ def test_load_tools_registers_decorated_functions_of_every_module(package: Any) 
 
         greet = hello  # an alias is still one tool
     """)
-    write("_shared.py", """
-        from tools.registry import tool
-
-        @tool
-        def shared() -> str:
-            '''Defined in a module that discovery skips.'''
-            return "shared"
-    """)
-    write("beta.py", f"""
-        from tools.registry import tool
-        from {name}._shared import shared  # imported, not defined here
-        from {name}.alpha import hello  # imported, not defined here
+    write("beta.py", """
+        from relay.tools import tool
+        from relay.call_control import end_call  # imported, not defined here
 
         @tool
         async def bye() -> str:
@@ -369,39 +355,76 @@ def test_load_tools_registers_decorated_functions_of_every_module(package: Any) 
             return "bye"
     """)
     write("_private.py", "raise RuntimeError('private modules are skipped')\n")
-    write("registry.py", "raise RuntimeError('the registry module is skipped')\n")
+    write("notes.txt", "not python")
+    monkeypatch.chdir(tmp_path)  # the working directory plays no part
 
-    assert load_tools(name).names() == ["hello", "bye"]
+    assert load_tools(root).names() == ["hello", "bye"]
 
     write("gamma.py", """
-        from tools.registry import tool
+        from relay.tools import tool
 
         @tool
         def added_later(n: int) -> int:
             '''Added after the first load.'''
             return n
     """)
-    registry = load_tools(name)
+    registry = load_tools(str(root))
     assert registry.names() == ["hello", "bye", "added_later"]
     assert [s["description"] for s in registry.specs][-1] == "Added after the first load."
 
 
-def test_load_tools_reports_a_broken_tool(package: Any) -> None:
-    name, write = package
+def test_load_tools_adds_to_a_given_registry_and_refuses_duplicates(folder: Any) -> None:
+    root, write = folder
+    write("mine.py", """
+        from relay.tools import tool
+
+        @tool
+        def end_call() -> str:
+            '''A second tool with a built-in's name.'''
+            return "no"
+    """)
+    with pytest.raises(ToolError, match="'end_call' is defined twice"):
+        load_tools(root, Registry([end_call]))
+
+
+def test_two_folders_with_the_same_file_names_do_not_clash(tmp_path: Path) -> None:
+    for name, tool_name in (("a", "first"), ("b", "second")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "clock.py").write_text(textwrap.dedent(f"""
+            from relay.tools import tool
+
+            @tool
+            def {tool_name}() -> str:
+                '''Doc.'''
+                return "{tool_name}"
+        """))
+    assert load_tools(tmp_path / "a").names() == ["first"]
+    assert load_tools(tmp_path / "b").names() == ["second"]
+
+
+def test_load_tools_reports_a_broken_tool(folder: Any) -> None:
+    root, write = folder
     write("bad.py", """
-        from tools.registry import tool
+        from relay.tools import tool
 
         @tool
         def lookup(filters: dict) -> None:
             '''Doc.'''
     """)
     with pytest.raises(ToolError, match=r"tool 'lookup': parameter 'filters'"):
-        load_tools(name)
+        load_tools(root)
 
 
-def test_load_tools_needs_a_package() -> None:
-    with pytest.raises(ToolError, match="not a package"):
-        load_tools("tools.registry")
+def test_load_tools_reports_a_file_that_fails_to_import(folder: Any) -> None:
+    root, write = folder
+    write("broken.py", "import no_such_module_here\n")
+    with pytest.raises(ToolError, match=r"broken.py: failed to import: ModuleNotFoundError"):
+        load_tools(root)
+
+
+def test_load_tools_needs_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(ToolError, match="does not exist"):
+        load_tools(tmp_path / "missing")
 
 
 # --- calls ---------------------------------------------------------------------------------

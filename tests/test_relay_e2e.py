@@ -14,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 
 from relay.agent_link import AgentLink
 from relay.bridge import CallBridge
-from relay.twilio_sim import SimulatedCall
+from relay.local.caller import SimulatedCall
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import AgentSession, FakeAgent
 

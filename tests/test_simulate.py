@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from relay.audio import FRAME_BYTES, RATE, read_wav, silence, ulaw_decode
+from relay.call_control import end_call
+from relay.local.audio import FRAME_BYTES, RATE, read_wav, silence, ulaw_decode
 from relay.simulate import (
     Options,
     Result,
@@ -22,11 +23,10 @@ from relay.simulate import (
     simulate,
     speech_like,
 )
+from relay.tools import Registry
 from tests.conftest import AUTH_TOKEN, RunningRelay, run_relay
 from tests.conftest import test_settings as settings_for
-from tools.call_control import end_call
 from tools.clock import current_time
-from tools.registry import Registry
 
 WAIT, SPEECH, AFTER = 1.0, 0.8, 1.0  # the caller: greeting, a short turn, time for the echo
 LOUD = 300  # mean absolute amplitude of a frame the caller can hear (the local agent's VAD)

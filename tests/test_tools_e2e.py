@@ -29,11 +29,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from relay.twilio_sim import SimulatedCall
+from relay.call_control import end_call, transfer_call
+from relay.local.caller import SimulatedCall
+from relay.tools import ToolContext, tool
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import AgentSession, FakeAgent
-from tools.call_control import end_call, transfer_call
-from tools.registry import ToolContext, tool
 
 pytestmark = pytest.mark.anyio
 

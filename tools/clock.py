@@ -7,7 +7,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from tools.registry import tool
+from relay.tools import tool
 
 
 @tool

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Annotated
 
-from tools.registry import tool
+from relay.tools import tool
 
 
 @tool

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import httpx
 
-from tools.registry import ToolContext, tool
+from relay.tools import ToolContext, tool
 
 GEOCODING_URL = "https://geocoding-api.open-meteo.com/v1/search"
 FORECAST_URL = "https://api.open-meteo.com/v1/forecast"

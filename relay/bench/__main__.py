@@ -23,10 +23,15 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from relay.bench import report
-from relay.bench.fake_agent import FakeAgent
-from relay.bench.runner import LevelOptions, find_max, measure, speech_start
-from relay.bench.target import LOAD_CORE, PROJECT_ROOT, RELAY_CORE, can_pin
+try:
+    import psutil  # noqa: F401  (the bench extra: CPU and memory of the measured processes)
+except ImportError:  # pragma: no cover - depends on what is installed
+    sys.exit('python -m relay.bench needs the "bench" extra: pip install -e ".[bench]"')
+
+from relay.bench import report  # noqa: E402
+from relay.bench.fake_agent import FakeAgent  # noqa: E402
+from relay.bench.runner import LevelOptions, find_max, measure, speech_start  # noqa: E402
+from relay.bench.target import LOAD_CORE, PROJECT_ROOT, RELAY_CORE, can_pin  # noqa: E402
 
 RELAYS = ("ours", "floor")
 

@@ -6,9 +6,9 @@ speech recognition or synthesis: the agent is the phone company's echo test.
 
 * A greeting (if the session has one) is a rising three-note chime, with the greeting text
   as its transcript.
-* Caller speech is detected by energy (``relay.audio.Vad``). When the caller stops, the agent
+* Caller speech is detected by energy (``relay.local.audio.Vad``). When the caller stops, the agent
   plays back exactly what it heard (up to 10 s). Talking over a reply interrupts it.
-* Keypad digits arrive as ``reply.create`` and call the session's tools (``relay.keypad``); a
+* Keypad digits arrive as ``reply.create`` and call the session's tools (``relay.local.keypad``); a
   result is answered with a rising two-tone, an error with a low buzz.
 
 It follows the protocol strictly (agent-api.md §2–§4): nothing before the first
@@ -28,11 +28,11 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from relay.local_session import LocalSession, Pacing
+from relay.local.session import LocalSession, Pacing
 
 __all__ = ["LocalSession", "Pacing", "local_agent_endpoint"]
 
-log = logging.getLogger("relay.local_agent")
+log = logging.getLogger("relay.local.agent")
 
 
 def local_agent_endpoint(

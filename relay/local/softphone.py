@@ -33,7 +33,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from relay.config import Settings
-from relay.web import Relay, is_loopback
+from relay.routes import Relay, is_loopback
 
 STATIC = Path(__file__).parent / "static"
 # The page asks for its session and opens the stream at once: a minute is plenty.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from tools.registry import ToolContext, tool
+from relay.tools import ToolContext, tool
 
 
 @tool

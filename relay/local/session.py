@@ -2,7 +2,7 @@
 
 Owns everything one ``/local-agent`` session decides (agent-api.md §2–§4): the order of
 messages, ``session.error`` codes, the echo recorder, keypad tool calls, and the pacing of reply
-audio. It never awaits, touches a socket or reads a clock; ``relay.local_agent`` does.
+audio. It never awaits, touches a socket or reads a clock; ``relay.local.agent`` does.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from relay.audio import FRAME_BYTES, RATE, Vad, silence, tone
-from relay.keypad import Keypad, KeyTool, pressed_key
+from relay.local.audio import FRAME_BYTES, RATE, Vad, silence, tone
+from relay.local.keypad import Keypad, KeyTool, pressed_key
 
 PCMU = "audio/pcmu"
 MAX_ECHO_BYTES = 10 * RATE  # a turn ends after 10 s, and its echo is at most that long

@@ -17,16 +17,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import enum
-import importlib
+import hashlib
+import importlib.util
 import inspect
 import logging
-import pkgutil
+import os
 import re
+import sys
 import time
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol, TypeVar, overload
 
 import httpx
@@ -374,22 +377,25 @@ def _ms(started: float) -> float:
     return (time.monotonic() - started) * 1000
 
 
-def load_tools(package: str = "tools") -> Registry:
-    """Import every module of ``package`` and register the ``@tool`` functions defined there.
+def load_tools(directory: str | os.PathLike[str], registry: Registry | None = None) -> Registry:
+    """Import every ``*.py`` file of ``directory`` and register the ``@tool`` functions there.
 
-    Skips ``registry`` and ``_``-prefixed modules. Modules load in name order, so the agent
-    sees the tools in a stable order. Raises ToolError for a bad tool or a duplicate name.
+    The folder is loaded by path, never from ``sys.path``, so which tools load does not depend
+    on the working directory, and the folder is not a package (it needs no ``__init__.py``).
+    Files whose name starts with ``_`` are skipped; files load in name order, so the agent
+    sees the tools in a stable order. Tools are added to ``registry`` when one is given (the
+    built-in call control comes first). Raises ToolError for a missing folder, a file that
+    fails to import, a bad tool or a duplicate name.
     """
-    pkg = importlib.import_module(package)
-    if not hasattr(pkg, "__path__"):
-        raise ToolError(f"{package!r} is a module, not a package of tools")
-    importlib.invalidate_caches()  # so files added since the package was imported are seen
-    registry = Registry()
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise ToolError(f"tools folder {str(folder)!r} does not exist (set TOOLS_DIR)")
+    registry = registry if registry is not None else Registry()
     seen: set[int] = set()
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name == "registry" or info.name.startswith("_"):
+    for path in sorted(folder.glob("*.py")):
+        if path.name.startswith("_"):
             continue
-        module = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        module = _import_file(path)
         for obj in list(vars(module).values()):
             if (callable(obj) and isinstance(getattr(obj, _MARK, None), _Tool)
                     and getattr(obj, "__module__", None) == module.__name__
@@ -397,3 +403,23 @@ def load_tools(package: str = "tools") -> Registry:
                 seen.add(id(obj))
                 registry.add(obj)
     return registry
+
+
+def _import_file(path: Path) -> types.ModuleType:
+    """Import one tool file under a name of its own, so two folders' ``clock.py`` never clash."""
+    digest = hashlib.sha1(str(path.parent.resolve()).encode()).hexdigest()[:8]
+    name = f"relay_tools_{digest}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ToolError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and type hints look the module up by name
+    try:
+        spec.loader.exec_module(module)
+    except ToolError:
+        del sys.modules[name]
+        raise
+    except Exception as exc:
+        del sys.modules[name]
+        raise ToolError(f"{path}: failed to import: {type(exc).__name__}: {exc}") from exc
+    return module

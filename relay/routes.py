@@ -1,10 +1,9 @@
 """HTTP and WebSocket routes, the lifespan and the one error boundary around each call.
 
 Routes: ``GET /healthz``, ``POST /twiml`` (Twilio's voice webhook), ``POST /call-status`` (call
-status callbacks), the ``/media`` stream, and ``/local-agent`` when no AssemblyAI key is
-configured. Every webhook and every upgrade is authenticated before anything happens: Twilio
-signatures over ``PUBLIC_URL`` when the auth token is configured, loopback clients only when it
-is not.
+status callbacks) and the ``/media`` stream; ``app.py`` adds the local agent and the softphone.
+Every webhook and every upgrade is authenticated before anything happens: Twilio signatures
+over ``PUBLIC_URL`` when the auth token is configured, loopback clients only when it is not.
 """
 
 from __future__ import annotations
@@ -28,12 +27,11 @@ from twilio.twiml.voice_response import VoiceResponse
 from relay import twilio_rest, twiml
 from relay.bridge import CallBridge, Transferrer
 from relay.config import Settings
-from relay.local_agent import local_agent_endpoint
 from relay.security import StreamTokens, is_from_twilio
-from relay.server import RECEIVE_TEXT, SEND_TEXT
-from tools.registry import Registry
+from relay.serving import RECEIVE_TEXT, SEND_TEXT
+from relay.tools import Registry
 
-log = logging.getLogger("relay.web")
+log = logging.getLogger("relay.routes")
 
 # Twilio <Parameter> values must stay under 500 characters (name + value).
 MAX_PARAMETER = 480
@@ -139,8 +137,8 @@ class Relay:
     async def serve_call(self, ws: WebSocket, *, purpose: str) -> None:
         """Accept a stream and bridge it; the error boundary of one call."""
         if not {SEND_TEXT, RECEIVE_TEXT} <= set(ws.scope.get("extensions") or {}):
-            log.error("media streams need the server protocol of relay.server: serve the app "
-                      "with `python app.py` or relay.server.config()")
+            log.error("media streams need the server protocol of relay.serving: serve the app "
+                      "with `python app.py` or relay.serving.config()")
             await ws.close(code=1011)
             return
         bridge = CallBridge(ws, settings=self.settings, registry=self.registry, http=self.http,
@@ -181,8 +179,6 @@ def create_app(
         Route("/call-status", relay.call_status, methods=["POST"]),
         WebSocketRoute("/media", relay.media),
     ]
-    if settings.local_agent:
-        routes.append(WebSocketRoute("/local-agent", local_agent_endpoint(settings.agent_key)))
     if extra_routes is not None:
         routes += extra_routes(relay)
     app = Starlette(routes=routes, lifespan=relay.lifespan)
