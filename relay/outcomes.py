@@ -1,0 +1,26 @@
+"""How a call ended: one set of named values, shared by logs, metrics, call records and reports.
+
+Each value has one meaning; a new way for a call to end gets a new value, never an old one.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"  # the agent's goodbye (end_call) was heard, then the relay hung up
+    CALLER_HUNG_UP = "caller_hung_up"  # Twilio's stop, or the stream closed by the caller's side
+    AGENT_ENDED = "agent_ended"  # the agent ended the session on purpose (session.ended)
+    TRANSFERRED = "transferred"  # handed to a number with <Dial>
+    AGENT_FAILED = "agent_failed"  # no agent could be had: the caller got the fallback
+    MAX_DURATION = "max_duration"  # MAX_CALL_SECONDS reached
+    DRAINED = "drained"  # ended by the drain deadline of a shutting-down process
+    REFUSED_BUSY = "refused_busy"  # refused at the webhook for lack of capacity
+    REFUSED_RATE_LIMITED = "refused_rate_limited"  # refused at the webhook: CALLER_RATE_LIMIT
+    REFUSED_UNAUTHORIZED = "refused_unauthorized"  # forged webhook or stream
+
+
+# Outcomes of calls that never reached the agent (counted, but no call record has audio).
+REFUSALS = frozenset({Outcome.REFUSED_BUSY, Outcome.REFUSED_RATE_LIMITED,
+                      Outcome.REFUSED_UNAUTHORIZED})
