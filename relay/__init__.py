@@ -18,6 +18,9 @@ The map, in the order a call meets it::
       tools.py             the tool API: ``tool``, ``ToolContext``, ``Registry``, ``load_tools``
       call_control.py      the built-in tools: ``end_call``, ``transfer_call``
       twilio_rest.py       Twilio's REST API (transfers, outbound calls)
+      store.py             cross-call state behind one interface (``Store``), in memory
+      redis_store.py       the same ``Store`` in Redis, shared by several instances
+      fail_open.py         ``FailOpenStore``: limits and single-use checks pass while Redis fails
       errors.py            the exception tree
       outbound.py          ``python -m relay.outbound +15551234567``
       simulate.py          ``python -m relay.simulate``: a call from the terminal

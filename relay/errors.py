@@ -3,7 +3,8 @@
     RelayError
     ├── ConfigError         invalid settings, raised at start-up
     ├── ProtocolViolation   a peer sent something the protocol forbids (bad JSON, bad base64, …)
-    └── ToolError           a tool was declared in a way the registry cannot describe
+    ├── ToolError           a tool was declared in a way the registry cannot describe
+    └── StoreUnavailable    the shared store (Redis) did not answer in time
 """
 
 from __future__ import annotations
@@ -22,4 +23,8 @@ class ProtocolViolation(RelayError):
 
 
 class ToolError(RelayError):
+    pass
+
+
+class StoreUnavailable(RelayError):
     pass

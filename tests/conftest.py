@@ -7,7 +7,7 @@ import contextlib
 import functools
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from relay.config import Settings
 from relay.routes import Relay, create_app
 from relay.tools import Registry
 from tests.fakes import KEY, FakeAgent
+from tests.redis_server import REDIS_SERVER, RedisServer
 
 AUTH_TOKEN = "test-twilio-auth-token"
 # Scales every timeout in the tests for slow machines: RELAY_TEST_MS=3 triples them.
@@ -30,6 +31,19 @@ MS = float(os.environ.get("RELAY_TEST_MS", "1"))
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server of this test's own, started and stopped by its process id."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @dataclass
