@@ -9,6 +9,7 @@ The map, in the order a call meets it::
       routes.py            HTTP and WebSocket routes, the lifespan, one error boundary per call
       security.py          Twilio signatures and per-call stream tokens
       twiml.py             TwiML documents (twilio's builder)
+      outcome_records.py   why a stream was closed, by CallSid, for the <Connect action> answer
       bridge.py            CallBridge: the one owner of a call's sockets, tasks and timeouts
       protocol.py          CallProtocol: the pure state of a call, messages in, actions out
       twilio_messages.py   the Media Streams wire format

@@ -21,6 +21,12 @@ DEFAULT_PROMPT = (
     "and speak naturally: this is a phone call, so never use lists, markdown or emoji."
 )
 DEFAULT_GREETING = "Hi, thanks for calling. How can I help?"
+DEFAULT_RECONNECT_GREETING = "Sorry, I lost you for a second. Could you say that again?"
+DEFAULT_FALLBACK_MESSAGE = ("Sorry, our assistant is not available right now. "
+                            "Please try again later.")
+DEFAULT_GOODBYE_INSTRUCTIONS = ("The call has reached its time limit. Tell the caller, in one "
+                                "short sentence, that you have to end the call now, and say "
+                                "goodbye.")
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
 ToolResultTiming = Literal["after_reply", "immediate"]
@@ -49,17 +55,31 @@ class Settings:
     phone_password: str | None = field(default=None, repr=False)
     transfer_number: str | None = None
     transfer_allowed: tuple[str, ...] = ()
+    # What the caller hears when no agent can be had (Twilio <Say>), then <Dial> to
+    # FALLBACK_NUMBER, or <Hangup/> when it is unset.
+    fallback_message: str = DEFAULT_FALLBACK_MESSAGE
+    fallback_number: str | None = None
+    # Spoken by a fresh session that replaces one lost mid-call (instead of the greeting).
+    agent_reconnect_greeting: str | None = DEFAULT_RECONNECT_GREETING
     # The folder of the user's tools; None: ``tools/`` next to ``app.py``.
     tools_dir: str | None = None
     tool_result_timing: ToolResultTiming = "after_reply"
     # Named timeouts, in seconds.
     tool_timeout: float = 8.0
     start_timeout: float = 10.0
-    agent_open_timeout: float = 10.0
+    # Getting an agent: the whole wait is bounded by AGENT_WAIT_BUDGET (from the stream's
+    # start, or from a drop mid-call); within it, one retry or a resume then a fresh session.
+    agent_open_timeout: float = 3.0  # TCP + TLS + WebSocket handshake, per attempt
+    agent_ready_timeout: float = 3.0  # session.update (or session.resume) to session.ready
+    agent_retry_backoff: float = 0.3  # before the one retry of a failed attempt
+    agent_resume_timeout: float = 2.5  # a resume attempt, open and ready together
+    agent_wait_budget: float = 7.0  # the caller's longest silence before the fallback
     agent_close_timeout: float = 3.0
     hangup_timeout: float = 15.0
     max_call_seconds: float = 3600.0
     token_ttl: float = 900.0
+    # How long the outcome of a call is kept for Twilio's <Connect action> request.
+    outcome_ttl: float = 300.0
 
     @property
     def local_agent(self) -> bool:
@@ -71,6 +91,11 @@ class Settings:
         """A transfer can happen: a number to transfer to, and REST credentials to do it."""
         return bool(self.transfer_number or self.transfer_allowed) and bool(
             self.twilio_account_sid and self.twilio_auth_token)
+
+    @property
+    def action_url(self) -> str:
+        """Where Twilio asks what to do once the stream ends (``<Connect action>``)."""
+        return self.public_base + "/call-action"
 
     @property
     def verify_signatures(self) -> bool:
@@ -145,13 +170,18 @@ class Settings:
         take("PHONE_PASSWORD", "phone_password")
         take("TRANSFER_NUMBER", "transfer_number", _e164)
         take("TRANSFER_ALLOWED", "transfer_allowed", _e164_list)
+        take("FALLBACK_MESSAGE", "fallback_message")
+        take("FALLBACK_NUMBER", "fallback_number", _e164)
         take("TOOLS_DIR", "tools_dir")
         take("TOOL_RESULT_TIMING", "tool_result_timing", _choice("after_reply", "immediate"))
-        for key in ("TOOL_TIMEOUT", "START_TIMEOUT", "AGENT_OPEN_TIMEOUT", "AGENT_CLOSE_TIMEOUT",
-                    "HANGUP_TIMEOUT", "MAX_CALL_SECONDS", "TOKEN_TTL"):
+        for key in ("TOOL_TIMEOUT", "START_TIMEOUT", "AGENT_OPEN_TIMEOUT", "AGENT_READY_TIMEOUT",
+                    "AGENT_RETRY_BACKOFF", "AGENT_RESUME_TIMEOUT", "AGENT_WAIT_BUDGET",
+                    "AGENT_CLOSE_TIMEOUT", "HANGUP_TIMEOUT", "MAX_CALL_SECONDS", "TOKEN_TTL",
+                    "OUTCOME_TTL"):
             take(key, key.lower(), _seconds)
-        if "AGENT_GREETING" in env:  # present but empty means: listen first, no greeting
-            values["agent_greeting"] = get("AGENT_GREETING")
+        for key in ("AGENT_GREETING", "AGENT_RECONNECT_GREETING"):
+            if key in env:  # present but empty means: listen first, no greeting
+                values[key.lower()] = get(key)
         secret = get("RELAY_SECRET") or values.get("twilio_auth_token")
         if secret:
             values["relay_secret"] = secret

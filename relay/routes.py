@@ -1,6 +1,7 @@
 """HTTP and WebSocket routes, the lifespan and the one error boundary around each call.
 
-Routes: ``GET /healthz``, ``POST /twiml`` (Twilio's voice webhook), ``POST /call-status`` (call
+Routes: ``GET /healthz``, ``POST /twiml`` (Twilio's voice webhook), ``POST /call-action`` (the
+``<Connect action>``: what the caller hears once the stream ends), ``POST /call-status`` (call
 status callbacks) and the ``/media`` stream; ``app.py`` adds the local agent and the softphone.
 Every webhook and every upgrade is authenticated before anything happens: Twilio signatures
 over ``PUBLIC_URL`` when the auth token is configured, loopback clients only when it is not.
@@ -27,8 +28,10 @@ from twilio.twiml.voice_response import VoiceResponse
 from relay import twilio_rest, twiml
 from relay.bridge import CallBridge, Transferrer
 from relay.config import Settings
+from relay.outcome_records import answer, read_outcome
 from relay.security import StreamTokens, is_from_twilio
 from relay.serving import RECEIVE_TEXT, SEND_TEXT
+from relay.store import MemoryStore, Store
 from relay.tools import Registry
 
 log = logging.getLogger("relay.routes")
@@ -54,9 +57,12 @@ def is_loopback(conn: HTTPConnection) -> bool:
 class Relay:
     """The application's shared state: settings, tools, token keys and process-wide clients."""
 
-    def __init__(self, settings: Settings, registry: Registry) -> None:
+    def __init__(self, settings: Settings, registry: Registry,
+                 store: Store | None = None) -> None:
         self.settings = settings
         self.registry = registry
+        # Outcome records for the <Connect action> request (and other cross-call state).
+        self.store: Store = store if store is not None else MemoryStore()
         self.tokens = StreamTokens(settings.relay_secret)
         self.http: httpx.AsyncClient | None = None
         rest = twilio_rest.make_client(settings)
@@ -113,8 +119,31 @@ class Relay:
         params = self.stream_parameters(call_sid, form, extra)
         log.info("[%s] incoming call from %s to %s: connecting the stream", call_sid,
                  params["caller"] or "unknown", params["called"] or "unknown")
-        return Response(twiml.connect_stream(self.settings.stream_url, params),
+        return Response(twiml.connect_stream(self.settings.stream_url, params,
+                                             action=self.settings.action_url),
                         media_type="text/xml")
+
+    async def call_action(self, request: Request) -> Response:
+        """``<Connect action>``: the stream has ended; answer what the caller hears next.
+
+        The outcome was recorded by CallSid before the stream was closed, possibly by another
+        instance; without a record (that process died) the caller gets the fallback.
+        """
+        form = await request.form()
+        if not self.signed(request, self.public_url(request), form):
+            log.warning("rejected /call-action request: bad or missing X-Twilio-Signature")
+            return PlainTextResponse("invalid signature", status_code=403)
+        call_sid = form.get("CallSid")
+        if not isinstance(call_sid, str) or not call_sid:
+            return PlainTextResponse("CallSid is required", status_code=400)
+        status = str(form.get("CallStatus", ""))
+        record = None if status == "completed" else await read_outcome(self.store, call_sid)
+        s = self.settings
+        result = answer(record, call_status=status, fallback_message=s.fallback_message,
+                        fallback_number=s.fallback_number)
+        log.info("[%s] stream ended (call %s): the caller hears %s", call_sid,
+                 status or "status unknown", result.says)
+        return Response(result.twiml, media_type="text/xml")
 
     async def call_status(self, request: Request) -> Response:
         """Twilio's status callback: log each transition of a call."""
@@ -171,11 +200,13 @@ def create_app(
     registry: Registry,
     *,
     extra_routes: Callable[[Relay], list[BaseRoute]] | None = None,
+    store: Store | None = None,
 ) -> Starlette:
-    relay = Relay(settings, registry)
+    relay = Relay(settings, registry, store)
     routes: list[BaseRoute] = [
         Route("/healthz", relay.healthz, methods=["GET"]),
         Route("/twiml", relay.twiml, methods=["POST"]),
+        Route("/call-action", relay.call_action, methods=["POST"]),
         Route("/call-status", relay.call_status, methods=["POST"]),
         WebSocketRoute("/media", relay.media),
     ]

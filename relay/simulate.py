@@ -9,7 +9,9 @@ reports the call's events on the stream (agent ready, transcripts, tool calls, w
 
 The caller plays a WAV file (any PCM rate or channel count; converted to μ-law 8 kHz), or a
 built-in voice-like sound, presses keys when told, and hangs up once its audio is over and the
-agent has gone quiet. The timeline counts milliseconds from the moment the webhook was posted;
+agent has gone quiet. When the relay ends the stream, the simulator requests the ``<Connect
+action>`` URL as Twilio would and shows what the caller hears next (the fallback's words, a dial
+to a number, a hang-up). The timeline counts milliseconds from the moment the webhook was posted;
 the recording of what the caller heard starts when the stream started. It works against any
 relay: pass a deployed server's ``PUBLIC_URL`` and its ``TWILIO_AUTH_TOKEN``.
 """
@@ -44,7 +46,7 @@ from relay.local.audio import (
     ulaw_encode,
     write_ulaw_wav,
 )
-from relay.local.caller import SimulatedCall
+from relay.local.caller import NextStep, SimulatedCall
 
 WEBHOOK_PATH = "/twiml?observe=1"
 FRAME_SECONDS = FRAME_MS / 1000
@@ -142,6 +144,7 @@ class Result:
     cleared_seconds: float
     marks: int
     recording: Path | None
+    next_step: NextStep | None = None  # what the <Connect action> plays once the stream ended
 
     @property
     def ok(self) -> bool:
@@ -338,7 +341,18 @@ async def simulate(options: Options, *, out: Callable[[str], None] = print) -> R
             if code != 1000:
                 error = f"the relay closed the stream with code {code}: {reason}"
             reason = f"{reason} (close code {code})"
-        timeline.add(ended, "hang-up", "hang-up", f"by the {hung_up_by}: {reason}")
+        timeline.add(ended, "hang-up", "stream ended" if call.stream.action else "hang-up",
+                     f"by the {hung_up_by}: {reason}")
+        next_step = None
+        if hung_up_by == "relay" and call.stream.action:
+            try:
+                next_step = await call.follow_action()
+            except (httpx.HTTPError, ET.ParseError) as exc:
+                timeline.add(time.monotonic(), "action", "action failed",
+                             f"{call.stream.action}: {type(exc).__name__}: {exc}")
+            if next_step is not None:
+                timeline.add(call.started_at + next_step.ms / 1000, "action", "caller hears next",
+                             next_step.describe())
         timeline.flush()
         ear = listener.earpiece
         heard = ear.hang_up(ended - start)
@@ -349,7 +363,8 @@ async def simulate(options: Options, *, out: Callable[[str], None] = print) -> R
             reason=reason, close_code=code, error=error,
             sent_seconds=listener.frames_sent * FRAME_SECONDS, heard=heard,
             received=bytes(ear.received), heard_seconds=ear.heard_seconds,
-            cleared_seconds=ear.cleared / RATE, marks=listener.marks, recording=options.record)
+            cleared_seconds=ear.cleared / RATE, marks=listener.marks, recording=options.record,
+            next_step=next_step)
     _summary(result, ended - call.posted_at, len(audio) / RATE, out)
     if interrupted:
         raise asyncio.CancelledError

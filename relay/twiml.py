@@ -7,13 +7,16 @@ from collections.abc import Mapping
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 
-def connect_stream(stream_url: str, parameters: Mapping[str, str]) -> str:
-    """``<Connect><Stream>`` to the relay; per-call context travels in ``<Parameter>``s.
+def connect_stream(stream_url: str, parameters: Mapping[str, str],
+                   action: str | None = None) -> str:
+    """``<Connect action><Stream>`` to the relay; per-call context travels in ``<Parameter>``s.
 
-    Twilio drops query strings from the stream URL, so nothing rides on it.
+    Twilio drops query strings from the stream URL, so nothing rides on it. When the relay
+    closes the stream, ``<Connect>`` ends and Twilio requests ``action`` (POST) for what the
+    caller hears next: a hang-up, a ``<Dial>`` or the fallback.
     """
     response = VoiceResponse()
-    connect = Connect()
+    connect = Connect(action=action, method="POST") if action else Connect()
     stream = connect.stream(url=stream_url)
     for name, value in parameters.items():
         stream.parameter(name=name, value=value)
@@ -21,16 +24,31 @@ def connect_stream(stream_url: str, parameters: Mapping[str, str]) -> str:
     return str(response)
 
 
-def say_and_hang_up(message: str) -> str:
-    """A spoken apology for when no agent can take the call."""
+def hang_up() -> str:
     response = VoiceResponse()
-    response.say(message)
     response.hangup()
     return str(response)
 
 
+def say_and_hang_up(message: str) -> str:
+    """A spoken apology for when no agent can take the call."""
+    return fallback(message, None)
+
+
+def fallback(message: str, number: str | None) -> str:
+    """The apology (Twilio's ``<Say>``), then ``<Dial>`` to ``number``, or ``<Hangup/>``."""
+    response = VoiceResponse()
+    if message:
+        response.say(message)
+    if number:
+        response.dial(number)
+    else:
+        response.hangup()
+    return str(response)
+
+
 def dial(number: str) -> str:
-    """Hand the call to a human: replaces the running ``<Connect>``, ending the stream."""
+    """Hand the call to a human (as the ``<Connect action>`` answer, or through REST)."""
     response = VoiceResponse()
     response.dial(number)
     return str(response)

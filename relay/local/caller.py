@@ -6,6 +6,10 @@ opens the media WebSocket with a signed upgrade and sends ``connected`` and ``st
 audio sent to the caller is "played" on a clock (``playback_speed`` times real time, or not at
 all with 0), marks are echoed when the audio queued before them has played, and ``clear``
 drops what is queued and echoes every pending mark at once.
+
+When the relay closes the stream, Twilio ends the ``<Connect>`` and requests its ``action`` URL
+for what the caller hears next; ``follow_action`` does the same (signed, with the parameters
+Twilio sends) and ``NextStep`` says what that TwiML plays: words spoken, a dial, a hang-up.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ def new_sid(prefix: str) -> str:
 class Stream:
     url: str
     parameters: dict[str, str]
+    action: str | None = None  # the <Connect action> URL, requested when the stream ends
 
 
 def parse_stream(twiml: str) -> Stream:
@@ -52,7 +57,44 @@ def parse_stream(twiml: str) -> Stream:
     if node is None or not node.get("url"):
         raise ValueError("TwiML has no <Connect><Stream url=...>")
     params = {p.get("name", ""): p.get("value", "") for p in node.findall("Parameter")}
-    return Stream(url=node.attrib["url"], parameters=params)
+    connect = root.find("./Connect")
+    action = connect.get("action") if connect is not None else None
+    return Stream(url=node.attrib["url"], parameters=params, action=action or None)
+
+
+@dataclass(frozen=True, slots=True)
+class NextStep:
+    """What the caller hears once the stream has ended, from the action's TwiML."""
+
+    says: tuple[str, ...] = ()
+    dials: str | None = None
+    hangs_up: bool = False
+    twiml: str = ""
+    ms: float = 0.0  # from the stream's start to the action's answer
+
+    def describe(self) -> str:
+        parts = [f"Twilio says {text!r}" for text in self.says]
+        if self.dials:
+            parts.append(f"dials {self.dials}")
+        if self.hangs_up or not self.dials:
+            parts.append("hangs up")
+        return ", then ".join(parts)
+
+
+def parse_next(twiml: str) -> NextStep:
+    """The ``<Say>``, ``<Dial>`` and ``<Hangup/>`` of an action's answer, in document order."""
+    root = ET.fromstring(twiml)
+    says: list[str] = []
+    dials: str | None = None
+    for node in root:
+        if node.tag == "Say":
+            says.append((node.text or "").strip())
+        elif node.tag == "Dial" and dials is None:
+            number = node.find("Number")
+            dials = ((number.text if number is not None else node.text) or "").strip()
+        elif node.tag == "Hangup":
+            return NextStep(tuple(says), dials, True, twiml)
+    return NextStep(tuple(says), dials, dials is None, twiml)
 
 
 @dataclass(slots=True)
@@ -76,6 +118,10 @@ class SimulatedCall:
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     close_code: int | None = None
     posted_at: float = 0.0  # monotonic time the webhook was posted
+    started_at: float = 0.0  # monotonic time ``start`` was sent
+    auth_token: str | None = None
+    form: dict[str, str] = field(default_factory=dict)  # what Twilio posts about this call
+    connect_to: str | None = None
     _seq: int = 1
     _chunk: int = 0
     _queued_until: float = 0.0
@@ -121,9 +167,11 @@ class SimulatedCall:
         ws = await connect(target, additional_headers=ws_headers, compression=None, open_timeout=10)
         call = cls(ws, call_sid, stream_sid, stream, webhook_ms, playback_speed)
         call.posted_at = started
+        call.auth_token, call.form, call.connect_to = auth_token, params, connect_to
         tasks = [asyncio.create_task(call._read()), asyncio.create_task(call._echo_marks())]
         try:
             await call.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+            call.started_at = time.monotonic()
             await call.send_start()
             yield call
         finally:
@@ -160,6 +208,30 @@ class SimulatedCall:
         await self.send({"event": "stop", "stop": {"accountSid": "AC" + "0" * 32,
                                                     "callSid": self.call_sid}})
         await self.ws.close()
+
+    async def follow_action(self, call_status: str = "in-progress") -> NextStep | None:
+        """Request the ``<Connect action>`` as Twilio does once the stream has ended.
+
+        None when the TwiML had no action (Twilio then hangs up). With ``connect_to``, the
+        request goes to that host; the signature stays over the action URL, as Twilio signs it.
+        """
+        url = self.stream.action
+        if url is None:
+            return None
+        params = {**self.form, "CallStatus": call_status}
+        headers = ({"X-Twilio-Signature": twilio_signature(self.auth_token, url, params)}
+                   if self.auth_token else {})
+        target = url
+        if self.connect_to:
+            base = self.connect_to.rstrip("/").replace("wss://", "https://", 1).replace(
+                "ws://", "http://", 1)
+            target = base + urlsplit(url).path
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.post(target, data=params, headers=headers)
+        response.raise_for_status()
+        step = parse_next(response.text)
+        return NextStep(step.says, step.dials, step.hangs_up, step.twiml,
+                        (time.monotonic() - self.started_at) * 1000)
 
     # ------------------------------------------------------------------ receiving
 

@@ -8,6 +8,9 @@ Routes (mounted with ``create_app(..., extra_routes=phone_routes)`` when ``PHONE
   stream token for purpose ``phone`` that expires a minute later.
 * ``/phone/media``: the page's stream. It speaks the Twilio Media Streams protocol and is
   bridged by the same code as a Twilio stream; the minted token is its authentication.
+* ``POST /phone/action``: what Twilio's ``<Connect action>`` request would answer once the
+  relay has closed the stream (the same outcome record and the same decision), as JSON for the
+  page to show and speak: words, a dial, a hang-up. It needs the call's ``action_token``.
 
 The page and the mint are open to this machine (a loopback client that asked for a loopback
 host name, not through a proxy), and to others only with HTTP Basic authentication whose
@@ -33,6 +36,8 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from relay.config import Settings
+from relay.local.caller import parse_next
+from relay.outcome_records import answer, read_outcome
 from relay.routes import Relay, is_loopback
 
 STATIC = Path(__file__).parent / "static"
@@ -154,10 +159,37 @@ def phone_routes(relay: Relay) -> list[BaseRoute]:
         if not same_origin(request):
             return PlainTextResponse("cross-site request refused\n", status_code=403)
         call_sid, stream_sid = new_sid("CA"), new_sid("MZ")
-        token = relay.tokens.mint(call_sid, now=time.time(), ttl=PHONE_TOKEN_TTL, purpose="phone")
+        now = time.time()
+        token = relay.tokens.mint(call_sid, now=now, ttl=PHONE_TOKEN_TTL, purpose="phone")
+        # Asks what happens after the stream ends: valid as long as that can be asked.
+        action_token = relay.tokens.mint(
+            call_sid, now=now, ttl=settings.max_call_seconds + settings.outcome_ttl,
+            purpose="phone-action")
         return JSONResponse({"stream_url": stream_url(request), "call_sid": call_sid,
-                             "stream_sid": stream_sid, "token": token},
+                             "stream_sid": stream_sid, "token": token,
+                             "action_token": action_token},
                             headers={"Cache-Control": "no-store"})
+
+    async def phone_action(request: Request) -> Response:
+        refused = phone_access(request, settings)
+        if refused is not None:
+            return refused
+        if not same_origin(request):
+            return PlainTextResponse("cross-site request refused\n", status_code=403)
+        try:
+            body = await request.json()
+            call_sid, token = str(body["call_sid"]), str(body["action_token"])
+        except (ValueError, KeyError, TypeError):
+            return PlainTextResponse("call_sid and action_token are required\n", status_code=400)
+        if not relay.tokens.verify(token, call_sid, now=time.time(), purpose="phone-action"):
+            return PlainTextResponse("invalid action token\n", status_code=403)
+        result = answer(await read_outcome(relay.store, call_sid), call_status="in-progress",
+                        fallback_message=settings.fallback_message,
+                        fallback_number=settings.fallback_number)
+        step = parse_next(result.twiml)
+        return JSONResponse({"says": list(step.says), "dials": step.dials,
+                             "hangs_up": step.hangs_up, "describe": step.describe(),
+                             "twiml": result.twiml}, headers={"Cache-Control": "no-store"})
 
     async def phone_media(ws: WebSocket) -> None:
         await relay.serve_call(ws, purpose="phone")
@@ -165,6 +197,7 @@ def phone_routes(relay: Relay) -> list[BaseRoute]:
     return [
         Route("/phone", phone_page, methods=["GET"]),
         Route("/phone/session", phone_session, methods=["POST"]),
+        Route("/phone/action", phone_action, methods=["POST"]),
         *(asset(name) for name in ASSETS),
         WebSocketRoute("/phone/media", phone_media),
     ]

@@ -183,6 +183,27 @@ function closed(c, event) {
   const why = meaning ? ` (${meaning})` : "";
   const clean = event.code === 1000;
   end(c, `Call ended by the relay, close code ${event.code}${reason}${why}.`, clean ? "ended" : "error");
+  followAction(c);
+}
+
+// The relay closed the stream: Twilio would now request the <Connect action> URL and play its
+// answer. Ask the relay for the same answer, show it, and speak its words as Twilio's <Say> would.
+async function followAction(c) {
+  try {
+    const response = await fetch("/phone/action", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ call_sid: c.session.call_sid, action_token: c.session.action_token }),
+    });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const next = await response.json();
+    stats.next = next;
+    show("action", `Next, the caller hears: ${next.describe}.`);
+    if (next.says.length && window.speechSynthesis && window.SpeechSynthesisUtterance) {
+      for (const text of next.says) speechSynthesis.speak(new SpeechSynthesisUtterance(text));
+    }
+  } catch (err) {
+    show("action", `Could not ask what the caller hears next: ${err.message}`);
+  }
 }
 
 function hangUp() {
