@@ -39,11 +39,13 @@ from relay.config import Settings
 from relay.errors import ProtocolViolation
 from relay.protocol import (
     Action,
+    Authorize,
     CallProtocol,
     EndCall,
     Finish,
     Log,
     RunTool,
+    StreamInfo,
     ToAgent,
     ToTwilio,
     Transfer,
@@ -211,35 +213,27 @@ class CallBridge:
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(ended)
 
-    def _start(self, msg: dict[str, Any]) -> None:
+    def _authorize(self, info: StreamInfo) -> None:
         """Check ``start``'s per-call token; only then does the call (and its session) begin."""
-        start = msg.get("start")
-        if type(start) is not dict:
-            raise CallEnded("malformed start message", 1008)
-        params = start.get("customParameters") or {}
-        call_sid = start.get("callSid")
-        token = params.get("token") if type(params) is dict else None
-        if (type(call_sid) is not str or type(token) is not str or not self._tokens.verify(
-                token, call_sid, now=time.time(), purpose=self._purpose)):
+        params = info.parameters
+        token = params.get("token")
+        if token is None or not self._tokens.verify(token, info.call_sid, now=time.time(),
+                                                    purpose=self._purpose):
             raise CallEnded("stream rejected: missing or invalid per-call token", 1008)
-        try:
-            opening = self.protocol.twilio_message(msg)
-        except ProtocolViolation as exc:
-            raise CallEnded(f"malformed start message: {exc}", 1008) from None
-        self.log.extra = {"call": call_sid}
+        self.log.extra = {"call": info.call_sid}
         self._observe = self._purpose == "phone" or params.get("observe") == "1"
         self._call = CallInfo(
-            call_sid=call_sid,
-            caller=str(params.get("caller", "")),
-            called=str(params.get("called", "")),
-            direction=str(params.get("direction", self._purpose)),
-            parameters={k: str(v) for k, v in params.items() if k != "token"},
+            call_sid=info.call_sid,
+            caller=params.get("caller", ""),
+            called=params.get("called", ""),
+            direction=params.get("direction", self._purpose),
+            parameters={k: v for k, v in params.items() if k != "token"},
         )
         self.log.info("call started: %s from %s to %s", self._call.direction,
                       self._call.caller or "unknown", self._call.called or "unknown")
         assert self._started is not None
         self._started.set_result(None)
-        self._perform(opening)  # the session.update
+        self._perform(self.protocol.open_session())  # the session.update
 
     async def _teardown(self, close_code: int, reason: str) -> None:
         self._tearing_down = True
@@ -247,7 +241,7 @@ class CallBridge:
         timeout = self._settings.agent_close_timeout
         if agent is not None:
             try:
-                if self.protocol.info is not None and not self.protocol.ended:  # session open
+                if self.protocol.session_open:
                     with contextlib.suppress(LinkClosed, TimeoutError):
                         agent.send(orjson.dumps(agent_messages.session_end()))
                         async with asyncio.timeout(timeout):
@@ -291,11 +285,7 @@ class CallBridge:
         if self._tearing_down:
             return
         try:
-            msg = orjson.loads(raw)
-            if self._call is None and type(msg) is dict and msg.get("event") == "start":
-                self._start(msg)
-            else:
-                self._perform(self.protocol.twilio_message(msg))
+            self._perform(self.protocol.twilio_message(orjson.loads(raw)))
         except Exception as exc:
             self._message_failed(exc, "Twilio")
 
@@ -361,6 +351,8 @@ class CallBridge:
                 raise CallEnded(action.reason, action.code)
             elif isinstance(action, Transfer):
                 self._task(self._do_transfer(action.number), "transfer")
+            elif isinstance(action, Authorize):
+                self._authorize(action.info)
 
     def _task(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``work`` as a task of the call, unless the call is already ending."""

@@ -9,6 +9,10 @@ actions in order. Everything that decides *what* happens on a call lives here:
 * Audio passes through untouched: Twilio ``media.payload`` becomes ``input.audio.audio`` and
   ``reply.audio.data`` becomes ``media.payload``, the same base64 string, checked for the base64
   alphabet but never decoded.
+* ``start`` is parsed here, once, into ``StreamInfo``; it comes back as ``Authorize``, and only
+  when the owner has checked the stream's per-call token does ``open_session`` send the
+  ``session.update`` (``session_open`` says whether a session was opened and not yet ended).
+  A malformed ``start`` ends the stream (1008): nothing can be served on it.
 * Caller audio reaches the agent only after ``session.ready``; agent audio reaches the caller
   only once ``start`` gave the ``streamSid`` (until then it is held, bounded).
 * Barge-in: ``input.speech.started`` sends Twilio ``clear``. A reply reported interrupted is
@@ -87,7 +91,24 @@ class Log:
     kind: str | None = None
 
 
-Action = ToTwilio | ToAgent | RunTool | EndCall | Transfer | Log
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What Twilio's ``start`` says about the stream and its call."""
+
+    stream_sid: str
+    call_sid: str
+    account_sid: str
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Authorize:
+    """The stream started: check its per-call token, then call ``open_session`` (or end it)."""
+
+    info: StreamInfo
+
+
+Action = ToTwilio | ToAgent | RunTool | EndCall | Transfer | Log | Authorize
 Finish = EndCall | Transfer
 
 
@@ -101,14 +122,6 @@ class _Finishing:
     reply_id: str | None = None
 
 
-@dataclass(slots=True)
-class CallInfo:
-    stream_sid: str
-    call_sid: str
-    account_sid: str
-    parameters: dict[str, str] = field(default_factory=dict)
-
-
 def is_base64(text: str) -> bool:
     return len(text) % 4 == 0 and _BASE64.fullmatch(text) is not None
 
@@ -119,11 +132,12 @@ class CallProtocol:
     def __init__(self, *, session_update: dict[str, Any], tool_result_timing: str = "after_reply"):
         self._session_update = session_update
         self._immediate_results = tool_result_timing == "immediate"
-        self.info: CallInfo | None = None
+        self.info: StreamInfo | None = None
         self.agent_ready = False
         self.session_id: str | None = None
         self.resume_token: str | None = None
-        self.ended = False
+        self.session_open = False  # session.update sent (open_session), session.ended not seen
+        self.ended = False  # the agent sent session.ended
         self._early_audio: deque[str] = deque()
         self._current_reply: str | None = None
         self._muted_replies: deque[str] = deque(maxlen=MAX_MUTED_REPLIES)
@@ -191,21 +205,28 @@ class CallProtocol:
             raise ProtocolViolation("second start on one stream")
         start = msg.get("start")
         if type(start) is not dict:
-            raise ProtocolViolation("start without a start object")
+            return [EndCall("malformed start message: no start object", 1008)]
         stream_sid = start.get("streamSid") or msg.get("streamSid")
         call_sid = start.get("callSid")
         if type(stream_sid) is not str or not stream_sid or type(call_sid) is not str:
-            raise ProtocolViolation("start without streamSid or callSid")
+            return [EndCall("malformed start message: no streamSid or callSid", 1008)]
         params = start.get("customParameters") or {}
         if type(params) is not dict:
-            raise ProtocolViolation("start.customParameters is not an object")
-        self.info = CallInfo(
+            return [EndCall("malformed start message: customParameters is not an object", 1008)]
+        self.info = StreamInfo(
             stream_sid=stream_sid,
             call_sid=call_sid,
             account_sid=str(start.get("accountSid", "")),
             parameters={str(k): str(v) for k, v in params.items()},
         )
+        return [Authorize(self.info)]
+
+    def open_session(self) -> list[Action]:
+        """The stream's token checked out: open the agent session (and play held audio)."""
+        assert self.info is not None, "open_session before start"
+        self.session_open = True
         actions: list[Action] = [ToAgent(self._opening(self.info.parameters))]
+        stream_sid = self.info.stream_sid
         actions += [ToTwilio(twilio.media(stream_sid, data)) for data in self._early_audio]
         self.frames_to_caller += len(self._early_audio)
         self._early_audio.clear()
@@ -301,6 +322,7 @@ class CallProtocol:
             return self._error(msg)
         if kind == "session.ended":
             self.ended = True
+            self.session_open = False
             return [EndCall("agent ended the session")]
         if kind in ("input.speech.stopped", "transcript.user.delta", "transcript.agent.delta",
                     "session.updated"):

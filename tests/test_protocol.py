@@ -8,10 +8,12 @@ from relay.agent_messages import session_update
 from relay.errors import ProtocolViolation
 from relay.protocol import (
     MAX_EARLY_AUDIO,
+    Authorize,
     CallProtocol,
     EndCall,
     Log,
     RunTool,
+    StreamInfo,
     ToAgent,
     ToTwilio,
     Transfer,
@@ -35,9 +37,16 @@ def wire(actions: list) -> list:
     return [a for a in actions if not isinstance(a, Log)]
 
 
+def opened(call: CallProtocol, start: dict[str, object] = START) -> list:
+    """``start`` as the bridge handles it: authorized, then the session opened."""
+    (authorize,) = call.twilio_message(start)
+    assert isinstance(authorize, Authorize)
+    return call.open_session()
+
+
 def started(**kwargs: object) -> CallProtocol:
     call = CallProtocol(session_update=UPDATE, **kwargs)  # type: ignore[arg-type]
-    call.twilio_message(START)
+    opened(call)
     call.agent_message({"type": "session.ready", "session_id": "sess_1", "resume_token": "rt"})
     return call
 
@@ -45,16 +54,43 @@ def started(**kwargs: object) -> CallProtocol:
 def test_start_opens_the_session_with_the_update() -> None:
     call = CallProtocol(session_update=UPDATE)
     assert call.twilio_message({"event": "connected", "protocol": "Call", "version": "1.0.0"}) == []
-    assert wire(call.twilio_message(START)) == [ToAgent(UPDATE)]
-    assert call.info is not None and call.info.call_sid == "CA1"
-    assert call.info.parameters == {"token": "t", "caller": "+1555"}
+    info = StreamInfo(stream_sid=SID, call_sid="CA1", account_sid="AC1",
+                      parameters={"token": "t", "caller": "+1555"})
+    assert call.twilio_message(START) == [Authorize(info)]  # parsed once, here
+    assert call.info == info and not call.session_open  # nothing sent before the token check
+    assert wire(call.open_session()) == [ToAgent(UPDATE)]
+    assert call.session_open
+
+
+def test_session_open_until_the_agent_ends_it() -> None:
+    call = CallProtocol(session_update=UPDATE)
+    assert not call.session_open
+    call.twilio_message(START)
+    assert not call.session_open  # started, but not authorized: no session to end
+    call.open_session()
+    call.agent_message({"type": "session.ready", "session_id": "s"})
+    assert call.session_open
+    call.agent_message({"type": "session.ended"})
+    assert not call.session_open
+
+
+@pytest.mark.parametrize("start", [
+    {"event": "start"}, {"event": "start", "start": {}},
+    {"event": "start", "start": {"streamSid": SID, "callSid": "CA1", "customParameters": ["token"]}},
+])
+def test_malformed_start_ends_the_stream(start: dict[str, object]) -> None:
+    call = CallProtocol(session_update=UPDATE)
+    (end,) = call.twilio_message(start)
+    assert isinstance(end, EndCall) and end.code == 1008
+    assert end.reason.startswith("malformed start message")
+    assert call.info is None and not call.session_open
 
 
 def test_per_call_greeting_and_prompt_override_the_defaults() -> None:
     call = CallProtocol(session_update=UPDATE)
     start = {**START, "start": {**START["start"], "customParameters": {  # type: ignore[dict-item]
         "token": "t", "greeting": "Hi, this is a reminder.", "prompt": "Remind them."}}}
-    (update,) = wire(call.twilio_message(start))
+    (update,) = wire(opened(call, start))
     assert update.message["session"]["greeting"] == "Hi, this is a reminder."
     assert update.message["session"]["system_prompt"] == "Remind them."
     assert UPDATE["session"]["greeting"] == "hello"  # the shared default is untouched
@@ -62,7 +98,7 @@ def test_per_call_greeting_and_prompt_override_the_defaults() -> None:
 
 def test_caller_audio_passes_through_untouched_after_ready() -> None:
     call = CallProtocol(session_update=UPDATE)
-    call.twilio_message(START)
+    opened(call)
     assert call.twilio_message(media()) == []  # not ready yet: dropped, never queued
     assert call.dropped_before_ready == 1
     call.agent_message({"type": "session.ready", "session_id": "s"})
@@ -81,7 +117,7 @@ def test_agent_audio_before_start_is_held_then_flushed_in_order() -> None:
     call.agent_message({"type": "session.ready", "session_id": "s"})
     for data in ("AAAA", "BBBB", "CCCC"):
         assert call.agent_message({"type": "reply.audio", "reply_id": "r", "data": data}) == []
-    actions = wire(call.twilio_message(START))
+    actions = wire(opened(call))
     assert actions[0] == ToAgent(UPDATE)
     assert [a.message["media"]["payload"] for a in actions[1:]] == ["AAAA", "BBBB", "CCCC"]
 
@@ -109,12 +145,10 @@ def test_media_before_start_is_a_violation() -> None:
         CallProtocol(session_update=UPDATE).twilio_message(media())
 
 
-def test_second_start_and_malformed_start_are_violations() -> None:
+def test_second_start_is_a_violation() -> None:
     call = started()
     with pytest.raises(ProtocolViolation):
         call.twilio_message(START)
-    with pytest.raises(ProtocolViolation):
-        CallProtocol(session_update=UPDATE).twilio_message({"event": "start", "start": {}})
 
 
 def test_unknown_events_are_reported_once_and_ignored() -> None:
