@@ -5,7 +5,9 @@ one ``asyncio.TaskGroup`` per call: connecting, the tools, the hang-up deadline 
 the Twilio stream all live in it, so ending the call ends every task of the call. A task ends
 the call by raising ``CallEnded`` (the TaskGroup "terminate" recipe), a socket callback by
 ``_end``; teardown then ends the agent session (``session.end``, so billing stops at once) and
-closes both sockets.
+closes both sockets. Each timeout the call has (no ``start``, the agent's handshake, the
+maximum duration, the goodbye's wait) ends it with a reason of its own; an exception that is not
+``CallEnded``, a stray ``TimeoutError`` included, is a fault and reaches the error boundary.
 
 The agent socket (an ``AgentLink``) is opened as soon as Twilio's upgrade is accepted, so the
 network handshake overlaps Twilio's ``connected``/``start``; ``session.update`` is sent only
@@ -144,32 +146,36 @@ class CallBridge:
         self._started = loop.create_future()
         reason, code = "relay error", 1011
         try:
-            async with asyncio.timeout(self._settings.max_call_seconds):
-                async with asyncio.TaskGroup() as tg:
-                    self._tg = tg
-                    # Twilio's messages arrive in ``_on_twilio_message`` from now on.
-                    self._receive_twilio_with(self._on_twilio_message)
-                    await self._twilio.accept()
-                    connecting = tg.create_task(self._connect_agent(), name="agent connect")
-                    tg.create_task(self._watch_twilio(), name="twilio stream")
-                    await self._first(self._started, self._settings.start_timeout,
-                                      CallEnded("no start message from Twilio", 1008))
-                    await self._first(connecting)
-                    agent = connecting.result()
-                    if isinstance(agent, CallEnded):
-                        raise agent  # raised only now, so an observer is told why
-                    raise await finished  # both directions run in the sockets' callbacks
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                # Each of the call's timeouts ends it with its own reason; any other exception
+                # (a TimeoutError included) is a fault, for the error boundary in routes.
+                tg.create_task(self._deadline(), name="max call duration")
+                # Twilio's messages arrive in ``_on_twilio_message`` from now on.
+                self._receive_twilio_with(self._on_twilio_message)
+                await self._twilio.accept()
+                connecting = tg.create_task(self._connect_agent(), name="agent connect")
+                tg.create_task(self._watch_twilio(), name="twilio stream")
+                await self._first(self._started, self._settings.start_timeout,
+                                  CallEnded("no start message from Twilio", 1008))
+                await self._first(connecting)
+                agent = connecting.result()
+                if isinstance(agent, CallEnded):
+                    raise agent  # raised only now, so an observer is told why
+                raise await finished  # both directions run in the sockets' callbacks
         except* CallEnded as group:
             ended = group.exceptions[0]
             assert isinstance(ended, CallEnded)
             reason, code = str(ended), ended.close_code
-        except* TimeoutError:
-            reason, code = "maximum call duration reached", 1000
         finally:
             self._tg = None
             await self._teardown(code, self._finished_by or reason)
             self._log_end(reason, time.monotonic() - started)
         return reason
+
+    async def _deadline(self) -> None:
+        await asyncio.sleep(self._settings.max_call_seconds)
+        raise CallEnded("maximum call duration reached")
 
     async def _first(self, event: asyncio.Future[Any], within: float | None = None,
                      late: CallEnded | None = None) -> None:
