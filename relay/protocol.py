@@ -13,8 +13,8 @@ actions in order. Everything that decides *what* happens on a call lives here:
   when the owner has checked the stream's per-call token does ``open_session`` send the
   ``session.update`` (``session_open`` says whether a session was opened and not yet ended).
   A malformed ``start`` ends the stream (1008): nothing can be served on it.
-* Caller audio reaches the agent only after ``session.ready``; agent audio reaches the caller
-  only once ``start`` gave the ``streamSid`` (until then it is held, bounded).
+* Caller audio reaches the agent only after ``session.ready``. Agent audio before ``start`` is a
+  violation: the agent speaks only after ``session.update``, which is sent after ``start``.
 * Barge-in: ``input.speech.started`` sends Twilio ``clear``. A reply reported interrupted is
   muted: none of its audio still in flight reaches the caller, and a second ``clear`` flushes
   what slipped through between the two events.
@@ -43,8 +43,6 @@ from relay import agent_messages as agent
 from relay import twilio_messages as twilio
 from relay.errors import ProtocolViolation
 
-# Greeting audio that arrives before Twilio's ``start`` is held: about 30 s of 20–40 ms chunks.
-MAX_EARLY_AUDIO = 1000
 MAX_MUTED_REPLIES = 16
 MAX_PENDING_MARKS = 256
 HANGUP_MARK = "hangup"
@@ -138,7 +136,6 @@ class CallProtocol:
         self.resume_token: str | None = None
         self.session_open = False  # session.update sent (open_session), session.ended not seen
         self.ended = False  # the agent sent session.ended
-        self._early_audio: deque[str] = deque()
         self._current_reply: str | None = None
         self._muted_replies: deque[str] = deque(maxlen=MAX_MUTED_REPLIES)
         self._muted = False
@@ -222,15 +219,10 @@ class CallProtocol:
         return [Authorize(self.info)]
 
     def open_session(self) -> list[Action]:
-        """The stream's token checked out: open the agent session (and play held audio)."""
+        """The stream's token checked out: open the agent session."""
         assert self.info is not None, "open_session before start"
         self.session_open = True
-        actions: list[Action] = [ToAgent(self._opening(self.info.parameters))]
-        stream_sid = self.info.stream_sid
-        actions += [ToTwilio(twilio.media(stream_sid, data)) for data in self._early_audio]
-        self.frames_to_caller += len(self._early_audio)
-        self._early_audio.clear()
-        return actions
+        return [ToAgent(self._opening(self.info.parameters))]
 
     def _opening(self, params: Mapping[str, str]) -> dict[str, Any]:
         """The ``session.update``, with this call's own greeting and prompt if it has them."""
@@ -291,10 +283,7 @@ class CallProtocol:
                 self.dropped_muted += 1
                 return []
             if self.info is None:
-                if len(self._early_audio) >= MAX_EARLY_AUDIO:
-                    raise ProtocolViolation("too much agent audio before the stream started")
-                self._early_audio.append(data)
-                return []
+                raise ProtocolViolation("reply.audio before the call started")
             self.frames_to_caller += 1
             out = ToTwilio(twilio.media(self.info.stream_sid, data))
             if self._heard_agent:
@@ -469,7 +458,6 @@ class CallProtocol:
 
     def _clear(self) -> list[Action]:
         if self.info is None:
-            self._early_audio.clear()
             return []
         self._clears += 1
         return [ToTwilio(twilio.clear(self.info.stream_sid))]

@@ -7,7 +7,6 @@ import pytest
 from relay.agent_messages import session_update
 from relay.errors import ProtocolViolation
 from relay.protocol import (
-    MAX_EARLY_AUDIO,
     Authorize,
     CallProtocol,
     EndCall,
@@ -112,22 +111,13 @@ def test_agent_audio_passes_through_untouched() -> None:
     assert wire(actions) == [ToTwilio({"event": "media", "streamSid": SID, "media": {"payload": AUDIO}})]
 
 
-def test_agent_audio_before_start_is_held_then_flushed_in_order() -> None:
+def test_agent_audio_before_start_is_a_violation() -> None:
+    # The agent speaks only after session.update, which is sent only after start.
     call = CallProtocol(session_update=UPDATE)
     call.agent_message({"type": "session.ready", "session_id": "s"})
-    for data in ("AAAA", "BBBB", "CCCC"):
-        assert call.agent_message({"type": "reply.audio", "reply_id": "r", "data": data}) == []
-    actions = wire(opened(call))
-    assert actions[0] == ToAgent(UPDATE)
-    assert [a.message["media"]["payload"] for a in actions[1:]] == ["AAAA", "BBBB", "CCCC"]
-
-
-def test_early_audio_is_bounded() -> None:
-    call = CallProtocol(session_update=UPDATE)
-    for _ in range(MAX_EARLY_AUDIO):
-        call.agent_message({"type": "reply.audio", "data": "AAAA"})
-    with pytest.raises(ProtocolViolation):
-        call.agent_message({"type": "reply.audio", "data": "AAAA"})
+    with pytest.raises(ProtocolViolation, match="before the call started"):
+        call.agent_message({"type": "reply.audio", "reply_id": "r", "data": "AAAA"})
+    assert wire(opened(call)) == [ToAgent(UPDATE)]
 
 
 @pytest.mark.parametrize("bad", [
