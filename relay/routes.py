@@ -23,7 +23,6 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
-from twilio.twiml.voice_response import VoiceResponse
 
 from relay import twilio_rest, twiml
 from relay.bridge import CallBridge, Transferrer
@@ -110,11 +109,9 @@ class Relay:
             leave_message = amd == "message" and answered_by != "fax"
             log.info("[%s] answered by %s: %s", call_sid, answered_by,
                      "leaving a message" if leave_message else "hanging up")
-            response = VoiceResponse()
-            if leave_message:
-                response.say(request.query_params.get("amd_message") or DEFAULT_MACHINE_MESSAGE)
-            response.hangup()
-            return Response(str(response), media_type="text/xml")
+            message = ((request.query_params.get("amd_message") or DEFAULT_MACHINE_MESSAGE)
+                       if leave_message else "")
+            return Response(twiml.fallback(message, None), media_type="text/xml")
         extra = {k: v for k, v in request.query_params.items() if k in PER_CALL_OPTIONS}
         params = self.stream_parameters(call_sid, form, extra)
         log.info("[%s] incoming call from %s to %s: connecting the stream", call_sid,

@@ -30,13 +30,12 @@ def hang_up() -> str:
     return str(response)
 
 
-def say_and_hang_up(message: str) -> str:
-    """A spoken apology for when no agent can take the call."""
-    return fallback(message, None)
-
-
 def fallback(message: str, number: str | None) -> str:
-    """The apology (Twilio's ``<Say>``), then ``<Dial>`` to ``number``, or ``<Hangup/>``."""
+    """``<Say>`` the message (none when empty), then ``<Dial>`` to ``number``, or ``<Hangup/>``.
+
+    The apology when no agent can take the call; with no number, also what an answering
+    machine is left by an outbound call.
+    """
     response = VoiceResponse()
     if message:
         response.say(message)
