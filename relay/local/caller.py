@@ -15,7 +15,6 @@ Twilio sends) and ``NextStep`` says what that TwiML plays: words spoken, a dial,
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import secrets
 import time
@@ -114,7 +113,6 @@ class SimulatedCall:
     webhook_ms: float
     playback_speed: float = 0.0
     received: list[Received] = field(default_factory=list)
-    heard: bytearray = field(default_factory=bytearray)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     close_code: int | None = None
     posted_at: float = 0.0  # monotonic time the webhook was posted
@@ -244,7 +242,6 @@ class SimulatedCall:
                 event = msg.get("event")
                 if event == "media":
                     audio = msg["media"]["payload"]
-                    self.heard += base64.b64decode(audio)
                     if self.playback_speed:
                         seconds = len(audio) * 3 / 4 / ULAW_BYTES_PER_SECOND / self.playback_speed
                         self._queued_until = max(self._queued_until, now) + seconds
