@@ -18,7 +18,7 @@ from dotenv import load_dotenv
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, WebSocketRoute
 
-from relay import serving
+from relay import serving, workers
 from relay.call_control import end_call, transfer_call
 from relay.config import Settings
 from relay.errors import ConfigError, ToolError
@@ -44,9 +44,13 @@ def load_settings() -> Settings:
     return Settings.from_env(os.environ)
 
 
-def build(settings: Settings) -> Starlette:
+def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+def build(settings: Settings) -> Starlette:
+    configure_logging(settings)
     registry = load_registry(settings)
     if settings.local_agent:
         log.info("agent: the built-in local agent (echo test; no ASSEMBLYAI_API_KEY is set). "
@@ -83,6 +87,9 @@ def create_app() -> Starlette:
 def main() -> int:
     try:
         settings = load_settings()
+        if settings.workers > 1:
+            load_registry(settings)  # a broken tool stops the parent, not each worker in turn
+            return serve_workers(settings)
         app = build(settings)
     except (ConfigError, ToolError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
@@ -91,6 +98,15 @@ def main() -> int:
                                            log_level=settings.log_level.lower()))
     server.run()
     return 0 if server.started else 1  # start-up failed
+
+
+def serve_workers(settings: Settings) -> int:
+    """``WORKERS`` processes on one socket, each building the app with ``create_app``."""
+    configure_logging(settings)
+    log.info("serving with %d worker processes", settings.workers)
+    log.warning("WORKERS=%d: each worker process counts its own limits and single-use "
+                "tokens (the instances share no store)", settings.workers)
+    return workers.serve(settings, "app:create_app")
 
 
 if __name__ == "__main__":

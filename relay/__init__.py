@@ -6,6 +6,7 @@ The map, in the order a call meets it::
     relay/
       config.py            every setting, read once from the environment
       serving.py           how the app is served: uvicorn's WebSocket protocol, tuned for streams
+      workers.py           ``WORKERS``: several processes on one socket (uvicorn's supervisor)
       routes.py            HTTP and WebSocket routes, the lifespan, one error boundary per call
       security.py          Twilio signatures and per-call stream tokens
       twiml.py             TwiML documents (twilio's builder)

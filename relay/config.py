@@ -36,6 +36,8 @@ ToolResultTiming = Literal["after_reply", "immediate"]
 class Settings:
     host: str = "0.0.0.0"
     port: int = 8080
+    # Processes serving the one listening socket (relay/workers.py); 1: this process alone.
+    workers: int = 1
     public_url: str = "http://localhost:8080"
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = field(default=None, repr=False)
@@ -156,6 +158,7 @@ class Settings:
 
         take("HOST", "host")
         take("PORT", "port", _port)
+        take("WORKERS", "workers", _workers)
         take("PUBLIC_URL", "public_url", _http_url)
         take("TWILIO_ACCOUNT_SID", "twilio_account_sid", _prefixed("AC"))
         take("TWILIO_AUTH_TOKEN", "twilio_auth_token")
@@ -203,6 +206,13 @@ def _port(raw: str) -> int:
     if not 0 <= port <= 65535:
         raise ValueError(f"{port} is not a TCP port")
     return port
+
+
+def _workers(raw: str) -> int:
+    workers = int(raw)
+    if not 1 <= workers <= 64:
+        raise ValueError(f"{workers} is not a number of processes from 1 to 64")
+    return workers
 
 
 def _http_url(raw: str) -> str:
