@@ -23,7 +23,8 @@ actions in order. Everything that decides *what* happens on a call lives here:
 * Tool results go out when ``reply.done`` is the latest agent event (the documented rule) or at
   once (``immediate``); results of an interrupted reply are dropped.
 * A requested hang-up or transfer waits for the agent's next reply (the goodbye) to be heard:
-  a ``hangup`` mark follows it, and the echo of that mark finishes the call.
+  a ``hangup`` mark follows it, and the echo of that mark finishes the call (the stages of that
+  wait are ``relay.goodbye``'s).
 
 Malformed input raises ``ProtocolViolation``; the bridge logs it and drops that message. Unknown
 events are reported once per type and otherwise ignored.
@@ -42,10 +43,10 @@ import orjson
 from relay import agent_messages as agent
 from relay import twilio_messages as twilio
 from relay.errors import ProtocolViolation
+from relay.goodbye import HANGUP_MARK, Goodbye
 
 MAX_MUTED_REPLIES = 16
 MAX_PENDING_MARKS = 256
-HANGUP_MARK = "hangup"
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
@@ -110,16 +111,6 @@ Action = ToTwilio | ToAgent | RunTool | EndCall | Transfer | Log | Authorize
 Finish = EndCall | Transfer
 
 
-@dataclass(slots=True)
-class _Finishing:
-    """A hang-up or transfer waiting for the goodbye: result sent → reply → mark echoed."""
-
-    action: Finish
-    call_id: str | None
-    stage: str = "result"  # result | reply | speaking | mark
-    reply_id: str | None = None
-
-
 def is_base64(text: str) -> bool:
     return len(text) % 4 == 0 and _BASE64.fullmatch(text) is not None
 
@@ -145,7 +136,7 @@ class CallProtocol:
         self._settled = False  # reply.done is the latest agent event
         self._tool_replies: dict[str, str | None] = {}
         self._pending_results: list[tuple[str, dict[str, Any]]] = []
-        self._finishing: _Finishing | None = None
+        self._goodbye: Goodbye[Finish] | None = None  # a hang-up or transfer, once it is heard
         self._seen_unknown: set[str] = set()
         self._heard_caller = False
         self._heard_agent = False
@@ -241,10 +232,10 @@ class CallProtocol:
         name = body.get("name") if type(body) is dict else None
         if type(name) is not str:
             raise ProtocolViolation("mark without a name")
-        finishing = self._finishing
-        if name == HANGUP_MARK and finishing is not None and finishing.stage == "mark":
-            self._finishing = None
-            return [Log("goodbye heard"), finishing.action]
+        goodbye = self._goodbye
+        if goodbye is not None and goodbye.heard(name):
+            self._goodbye = None
+            return [Log("goodbye heard"), goodbye.action]
         sent = self._marks.pop(name, None)
         if sent is None:
             return []  # late or unknown: after a clear every pending mark comes back
@@ -334,10 +325,8 @@ class CallProtocol:
         self._current_reply = reply_id if type(reply_id) is str else None
         self._muted = False
         self._settled = False
-        finishing = self._finishing
-        if finishing is not None and finishing.stage == "reply":
-            finishing.stage = "speaking"
-            finishing.reply_id = self._current_reply
+        if self._goodbye is not None:
+            self._goodbye.reply_started(self._current_reply)
         return []
 
     def _reply_done(self, msg: dict[str, Any]) -> list[Action]:
@@ -361,10 +350,8 @@ class CallProtocol:
             actions.append(ToTwilio(twilio.mark(self.info.stream_sid, name)))
         self._current_reply = None
         self._settled = status != "interrupted"
-        finishing = self._finishing
-        if (finishing is not None and finishing.stage == "speaking"
-                and finishing.reply_id == reply_id and self.info is not None):
-            finishing.stage = "mark"
+        if (self._goodbye is not None and self.info is not None
+                and self._goodbye.reply_done(reply_id)):
             actions.append(ToTwilio(twilio.mark(self.info.stream_sid, HANGUP_MARK)))
         if self._settled and self._pending_results:
             actions += self._flush_results()
@@ -428,10 +415,8 @@ class CallProtocol:
         for call_id, message in self._pending_results:
             self._tool_replies.pop(call_id, None)
             actions.append(ToAgent(message))
-            finishing = self._finishing
-            if (finishing is not None and finishing.stage == "result"
-                    and finishing.call_id == call_id):
-                finishing.stage = "reply"
+            if self._goodbye is not None:
+                self._goodbye.result_sent(call_id)
         self._pending_results = []
         return actions
 
@@ -440,10 +425,10 @@ class CallProtocol:
 
         With ``call_id`` (the tool that asked), the goodbye is the reply after its result.
         """
-        if self._finishing is not None:
+        if self._goodbye is not None:
             return [Log("call is already finishing; request ignored", "WARNING")]
-        stage = "result" if call_id is not None and call_id in self._tool_replies else "reply"
-        self._finishing = _Finishing(action, call_id, stage)
+        pending = call_id is not None and call_id in self._tool_replies
+        self._goodbye = Goodbye(action, call_id, result_pending=pending)
         return [Log(f"will {_describe(action)} after the agent's goodbye")]
 
     # ------------------------------------------------------------------ helpers
