@@ -12,7 +12,9 @@ The map, in the order a call meets it::
       twiml.py             TwiML documents (twilio's builder)
       outcome_records.py   why a stream was closed, by CallSid, for the <Connect action> answer
       bridge.py            CallBridge: the one owner of a call's sockets, tasks and timeouts
+      call_tools.py        a call's tools: runs tool calls, carries out hang-ups and transfers
       protocol.py          CallProtocol: the pure state of a call, messages in, actions out
+      goodbye.py           the wait for the agent's goodbye before a hang-up or transfer (pure)
       twilio_messages.py   the Media Streams wire format
       agent_messages.py    the Voice Agent API wire format
       agent_link.py        the agent socket, on websockets' sans-I/O protocol

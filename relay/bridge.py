@@ -8,6 +8,8 @@ the call by raising ``CallEnded`` (the TaskGroup "terminate" recipe), a socket c
 closes both sockets. Each timeout the call has (no ``start``, the agent's handshake, the
 maximum duration, the goodbye's wait) ends it with a reason of its own; an exception that is not
 ``CallEnded``, a stray ``TimeoutError`` included, is a fault and reaches the error boundary.
+Running the tools and what they ask of the call (hang up, transfer) is ``relay.call_tools``'s;
+the bridge gives it tasks and performs its actions.
 
 The agent socket (an ``AgentLink``) is opened as soon as Twilio's upgrade is accepted, so the
 network handshake overlaps Twilio's ``connected``/``start``; ``session.update`` is sent only
@@ -25,26 +27,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
-from twilio.base.exceptions import TwilioException
 from websockets.exceptions import InvalidHandshake
 
 from relay import agent_messages
 from relay.agent_link import AgentLink, LinkClosed, Message
+from relay.call_tools import CallTools, Transferrer
 from relay.config import Settings
-from relay.errors import ProtocolViolation
+from relay.errors import CallEnded, ProtocolViolation
 from relay.protocol import (
     Action,
     Authorize,
     CallProtocol,
     EndCall,
-    Finish,
     Log,
     RunTool,
     StreamInfo,
@@ -54,7 +54,7 @@ from relay.protocol import (
 )
 from relay.security import StreamTokens
 from relay.serving import RECEIVE_TEXT, SEND_TEXT, StreamStalled
-from relay.tools import CallInfo, Registry, ToolContext
+from relay.tools import CallInfo, Registry
 
 logger = logging.getLogger("relay.call")
 AGENT_MAX_MESSAGE = 1 << 20
@@ -67,18 +67,6 @@ _STREAM_FAILURES = {
 }
 # Messages for the agent while its socket connects (in practice the one session.update).
 MAX_EARLY_TO_AGENT = 16
-
-# Transfers a call to a number through Twilio's REST API; set when credentials are configured.
-Transferrer = Callable[[str, str], Awaitable[None]]
-
-
-class CallEnded(Exception):
-    """A peer or the relay finished the call; the message is the reason."""
-
-    def __init__(self, reason: str, close_code: int = 1000) -> None:
-        super().__init__(reason)
-        self.close_code = close_code
-
 
 class CallLog(logging.LoggerAdapter[logging.Logger]):
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
@@ -99,11 +87,8 @@ class CallBridge:
     ) -> None:
         self._twilio = twilio_ws
         self._settings = settings
-        self._registry = registry
-        self._http = http
         self._tokens = tokens
         self._purpose = purpose
-        self._transfer = transfer
         self.protocol = CallProtocol(
             session_update=agent_messages.session_update(
                 system_prompt=settings.agent_system_prompt,
@@ -125,23 +110,20 @@ class CallBridge:
         self._agent_done = asyncio.Event()  # session.ended received, or the link is gone
         self._tearing_down = False
         self._tg: asyncio.TaskGroup | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.get_ident()
-        self._call: CallInfo | None = None
         self._problems: dict[str, int] = {}
-        self._finished_by: str | None = None  # what the call ended as, when not its last error
-        self._transferring = False
         # Observers (the simulator, the softphone) are also sent the call's events.
         self._observe = False
         self.log = CallLog(logger, {"call": "connecting"})
+        self.tools = CallTools(settings=settings, registry=registry, http=http,
+                               transfer=transfer, protocol=self.protocol, perform=self._perform,
+                               spawn=self._task, log=self.log)
 
     # ------------------------------------------------------------------ lifetime
 
     async def run(self) -> str:
         """Accept the stream and serve the call until either side ends it; returns the reason."""
         started = time.monotonic()
-        self._loop = loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
+        loop = asyncio.get_running_loop()
         self._ended = finished = loop.create_future()
         self._started = loop.create_future()
         reason, code = "relay error", 1011
@@ -169,7 +151,7 @@ class CallBridge:
             reason, code = str(ended), ended.close_code
         finally:
             self._tg = None
-            await self._teardown(code, self._finished_by or reason)
+            await self._teardown(code, self.tools.finished_by or reason)
             self._log_end(reason, time.monotonic() - started)
         return reason
 
@@ -228,15 +210,16 @@ class CallBridge:
             raise CallEnded("stream rejected: missing or invalid per-call token", 1008)
         self.log.extra = {"call": info.call_sid}
         self._observe = self._purpose == "phone" or params.get("observe") == "1"
-        self._call = CallInfo(
+        call = CallInfo(
             call_sid=info.call_sid,
             caller=params.get("caller", ""),
             called=params.get("called", ""),
             direction=params.get("direction", self._purpose),
             parameters={k: v for k, v in params.items() if k != "token"},
         )
-        self.log.info("call started: %s from %s to %s", self._call.direction,
-                      self._call.caller or "unknown", self._call.called or "unknown")
+        self.tools.started(call)
+        self.log.info("call started: %s from %s to %s", call.direction,
+                      call.caller or "unknown", call.called or "unknown")
         assert self._started is not None
         self._started.set_result(None)
         self._perform(self.protocol.open_session())  # the session.update
@@ -268,7 +251,7 @@ class CallBridge:
         p = self.protocol
         self.log.info(
             "call ended: %s after %.1f s (frames to agent %d, to caller %d, dropped before "
-            "ready %d, muted %d)", self._finished_by or reason, duration, p.frames_to_agent,
+            "ready %d, muted %d)", self.tools.finished_by or reason, duration, p.frames_to_agent,
             p.frames_to_caller, p.dropped_before_ready, p.dropped_muted)
         for problem, count in self._problems.items():
             self.log.warning("bad input during call: %s (x%d)", problem, count)
@@ -352,11 +335,11 @@ class CallBridge:
                     self._send_twilio({"event": "relay.log", "kind": action.kind,
                                        "text": action.message})
             elif isinstance(action, RunTool):
-                self._task(self._run_tool(action), f"tool {action.name}")
+                self._task(self.tools.run(action), f"tool {action.name}")
             elif isinstance(action, EndCall):
                 raise CallEnded(action.reason, action.code)
             elif isinstance(action, Transfer):
-                self._task(self._do_transfer(action.number), "transfer")
+                self._task(self.tools.transfer(action.number), "transfer")
             elif isinstance(action, Authorize):
                 self._authorize(action.info)
 
@@ -389,79 +372,6 @@ class CallBridge:
         except OSError:
             raise CallEnded("caller hung up") from None
 
-    # ------------------------------------------------------------------ tools and call control
-
-    async def _run_tool(self, action: RunTool) -> None:
-        assert self._call is not None
-        ctx = ToolContext(call=self._call, http=self._http, log=self.log,
-                          control=_Control(self, action.call_id))
-        outcome = await self._registry.call(action.name, action.arguments, ctx,
-                                            timeout=self._settings.tool_timeout)
-        self._perform(self.protocol.tool_finished(
-            action.call_id, outcome.result, is_error=outcome.is_error))
-
-    def finish_after_goodbye(self, action: Finish, call_id: str | None) -> None:
-        """Hang up or transfer after the agent's next reply, with a bounded wait."""
-        for log in self.protocol.finish_after_goodbye(action, call_id):
-            if isinstance(log, Log):
-                self.log.log(logging.getLevelName(log.level), "%s", log.message)
-        self._task(self._finish_deadline(action), "hang-up deadline")
-
-    async def _finish_deadline(self, action: Finish) -> None:
-        await asyncio.sleep(self._settings.hangup_timeout)
-        self.log.info("no goodbye heard within %.0f s", self._settings.hangup_timeout)
-        self._perform([action])
-
-    async def _do_transfer(self, number: str) -> None:
-        assert self._transfer is not None and self._call is not None
-        if self._transferring:
-            return  # the goodbye's mark and the deadline may both get here: transfer once
-        self._transferring = True
-        try:
-            await self._transfer(self._call.call_sid, number)
-        except (TwilioException, OSError, TimeoutError):
-            self.log.exception("transfer to %s failed; hanging up", number)
-            raise CallEnded("transfer failed", 1011) from None
-        self._finished_by = f"transferred to {number}"
-        # The call now runs the <Dial>; the agent session ends now rather than at Twilio's stop.
-        raise CallEnded(f"transferred to {number}")
-
-    def can_transfer(self) -> bool:
-        return self._transfer is not None
-
 
 def _agent_gone(closed: LinkClosed) -> CallEnded:
     return CallEnded(str(closed), 1000 if closed.clean else 1011)
-
-
-class _Control:
-    """What a tool may do to its call; safe to call from a sync tool's worker thread."""
-
-    def __init__(self, bridge: CallBridge, call_id: str) -> None:
-        self._bridge = bridge
-        self._call_id = call_id
-
-    def _schedule(self, action: Finish) -> None:
-        loop = self._bridge._loop
-        if loop is None or threading.get_ident() == self._bridge._thread:
-            self._bridge.finish_after_goodbye(action, self._call_id)
-        else:
-            loop.call_soon_threadsafe(self._bridge.finish_after_goodbye, action, self._call_id)
-
-    def end_call(self, reason: str = "") -> None:
-        self._schedule(EndCall(f"agent ended the call{': ' + reason if reason else ''}"))
-
-    def transfer(self, number: str | None = None) -> str:
-        s = self._bridge._settings
-        if not self._bridge.can_transfer():
-            raise ValueError("Transfers are not available: Twilio credentials are not configured.")
-        target = number or s.transfer_number
-        if target is None:
-            raise ValueError("No transfer number is configured.")
-        allowed = set(s.transfer_allowed)
-        if s.transfer_number:
-            allowed.add(s.transfer_number)
-        if target not in allowed:
-            raise ValueError(f"{target} is not a number calls may be transferred to.")
-        self._schedule(Transfer(target))
-        return target

@@ -5,6 +5,8 @@
     ├── ProtocolViolation   a peer sent something the protocol forbids (bad JSON, bad base64, …)
     ├── ToolError           a tool was declared in a way the registry cannot describe
     └── StoreUnavailable    the shared store (Redis) did not answer in time
+
+    CallEnded               not an error: how a call's task or callback ends the call
 """
 
 from __future__ import annotations
@@ -28,3 +30,11 @@ class ToolError(RelayError):
 
 class StoreUnavailable(RelayError):
     pass
+
+
+class CallEnded(Exception):
+    """A peer or the relay finished the call; the message is the reason."""
+
+    def __init__(self, reason: str, close_code: int = 1000) -> None:
+        super().__init__(reason)
+        self.close_code = close_code

@@ -25,7 +25,8 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
 from relay import twilio_rest, twiml
-from relay.bridge import CallBridge, Transferrer
+from relay.bridge import CallBridge
+from relay.call_tools import Transferrer
 from relay.config import Settings
 from relay.outcome_records import answer, read_outcome
 from relay.security import StreamTokens, is_from_twilio
