@@ -40,6 +40,8 @@ from relay.agent_link import AgentLink, LinkClosed, Message
 from relay.call_tools import CallTools, Transferrer
 from relay.config import Settings
 from relay.errors import CallEnded, ProtocolViolation
+from relay.masking import mask_number
+from relay.monitor import Monitor
 from relay.protocol import (
     Action,
     Authorize,
@@ -52,6 +54,7 @@ from relay.protocol import (
     ToTwilio,
     Transfer,
 )
+from relay.redaction import redact
 from relay.security import StreamTokens
 from relay.serving import RECEIVE_TEXT, SEND_TEXT, StreamStalled
 from relay.tools import CallInfo, Registry
@@ -67,6 +70,15 @@ _STREAM_FAILURES = {
 }
 # Messages for the agent while its socket connects (in practice the one session.update).
 MAX_EARLY_TO_AGENT = 16
+# What the call's recorder keeps but observers (the simulator, the softphone) are not sent.
+_RECORD_ONLY = frozenset({"speech.started", "speech.stopped", "reply.started", "reply.audio",
+                          "agent.words", "agent.error", "tool.dropped"})
+_TRANSCRIPTS = frozenset({"transcript.user", "transcript.agent"})
+# What the agent is asked to say when an operator hangs up a call.
+GOODBYE = ("The call has to end now. Say a short, polite goodbye to the caller in one "
+           "sentence, without asking anything.")
+OPERATOR_HANG_UP = "hung up by an operator"
+
 
 class CallLog(logging.LoggerAdapter[logging.Logger]):
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
@@ -84,6 +96,7 @@ class CallBridge:
         tokens: StreamTokens,
         purpose: str = "twilio",
         transfer: Transferrer | None = None,
+        monitor: Monitor,
     ) -> None:
         self._twilio = twilio_ws
         self._settings = settings
@@ -117,6 +130,7 @@ class CallBridge:
         self.tools = CallTools(settings=settings, registry=registry, http=http,
                                transfer=transfer, protocol=self.protocol, perform=self._perform,
                                spawn=self._task, log=self.log)
+        self.watch = monitor.watch(self)  # the call's record, metrics and live view
 
     # ------------------------------------------------------------------ lifetime
 
@@ -151,8 +165,11 @@ class CallBridge:
             reason, code = str(ended), ended.close_code
         finally:
             self._tg = None
-            await self._teardown(code, self.tools.finished_by or reason)
-            self._log_end(reason, time.monotonic() - started)
+            try:
+                await self._teardown(code, self.tools.finished_by or reason)
+            finally:
+                self.watch.ended(self.tools.finished_by or reason)
+                self._log_end(reason, time.monotonic() - started)
         return reason
 
     async def _deadline(self) -> None:
@@ -172,6 +189,7 @@ class CallBridge:
 
     async def _connect_agent(self) -> AgentLink | CallEnded:
         s = self._settings
+        self.watch.dialing()
         try:
             link = await AgentLink.open(
                 s.agent_url,
@@ -219,7 +237,9 @@ class CallBridge:
         )
         self.tools.started(call)
         self.log.info("call started: %s from %s to %s", call.direction,
-                      call.caller or "unknown", call.called or "unknown")
+                      mask_number(call.caller) or "unknown", mask_number(call.called) or "unknown")
+        self.watch.started(call_sid=call.call_sid, direction=call.direction, caller=call.caller,
+                           called=call.called)
         assert self._started is not None
         self._started.set_result(None)
         self._perform(self.protocol.open_session())  # the session.update
@@ -330,8 +350,13 @@ class CallBridge:
             elif type(action) is ToTwilio:
                 self._send_twilio(action.message)
             elif isinstance(action, Log):
-                self.log.log(logging.getLevelName(action.level), "%s", action.message)
-                if self._observe and action.kind:
+                message = action.message
+                if action.kind is not None:
+                    self.watch.event(action.kind, action.data)
+                    if action.kind in _TRANSCRIPTS and self._settings.redact_transcripts:
+                        message = redact(message)
+                self.log.log(logging.getLevelName(action.level), "%s", message)
+                if self._observe and action.kind and action.kind not in _RECORD_ONLY:
                     self._send_twilio({"event": "relay.log", "kind": action.kind,
                                        "text": action.message})
             elif isinstance(action, RunTool):
@@ -371,6 +396,30 @@ class CallBridge:
             raise CallEnded(str(exc), 1011) from None
         except OSError:
             raise CallEnded("caller hung up") from None
+
+
+    # ------------------------------------------------------------------ seen from outside
+
+    @property
+    def counters(self) -> CallProtocol:
+        """The per-frame counters (plain integers, read by the metrics at scrape time)."""
+        return self.protocol
+
+    @property
+    def agent_open(self) -> bool:
+        agent = self._agent
+        return agent is not None and not agent.closed.done()
+
+    def hang_up(self, *, now: bool) -> None:
+        """Hang up from outside (the calls page): after a short goodbye, or at once."""
+        if now or not self.protocol.agent_ready or self._agent is None:
+            self._end(CallEnded(OPERATOR_HANG_UP))
+            return
+        self.tools.finish_after_goodbye(EndCall(OPERATOR_HANG_UP), None)
+        try:
+            self._perform([ToAgent(agent_messages.reply_create(GOODBYE))])
+        except CallEnded as ended:
+            self._end(ended)
 
 
 def _agent_gone(closed: LinkClosed) -> CallEnded:

@@ -30,6 +30,7 @@ DEFAULT_GOODBYE_INSTRUCTIONS = ("The call has reached its time limit. Tell the c
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
 ToolResultTiming = Literal["after_reply", "immediate"]
+LogFormat = Literal["text", "json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,11 @@ class Settings:
     # The folder of the user's tools; None: ``tools/`` next to ``app.py``.
     tools_dir: str | None = None
     tool_result_timing: ToolResultTiming = "after_reply"
+    # Monitoring: who may read /metrics, /calls and /api/* from elsewhere (Bearer or Basic).
+    admin_token: str | None = field(default=None, repr=False)
+    call_log_dir: str | None = None  # one JSON line per call, calls-YYYY-MM-DD.jsonl
+    redact_transcripts: bool = True
+    log_format: LogFormat = "text"
     # Named timeouts, in seconds.
     tool_timeout: float = 8.0
     start_timeout: float = 10.0
@@ -82,6 +88,7 @@ class Settings:
     token_ttl: float = 900.0
     # How long the outcome of a call is kept for Twilio's <Connect action> request.
     outcome_ttl: float = 300.0
+    call_ended_hook_timeout: float = 10.0
 
     @property
     def local_agent(self) -> bool:
@@ -177,10 +184,14 @@ class Settings:
         take("FALLBACK_NUMBER", "fallback_number", _e164)
         take("TOOLS_DIR", "tools_dir")
         take("TOOL_RESULT_TIMING", "tool_result_timing", _choice("after_reply", "immediate"))
+        take("ADMIN_TOKEN", "admin_token")
+        take("CALL_LOG_DIR", "call_log_dir")
+        take("REDACT_TRANSCRIPTS", "redact_transcripts", _bool)
+        take("LOG_FORMAT", "log_format", _choice("text", "json"))
         for key in ("TOOL_TIMEOUT", "START_TIMEOUT", "AGENT_OPEN_TIMEOUT", "AGENT_READY_TIMEOUT",
                     "AGENT_RETRY_BACKOFF", "AGENT_RESUME_TIMEOUT", "AGENT_WAIT_BUDGET",
                     "AGENT_CLOSE_TIMEOUT", "HANGUP_TIMEOUT", "MAX_CALL_SECONDS", "TOKEN_TTL",
-                    "OUTCOME_TTL"):
+                    "OUTCOME_TTL", "CALL_ENDED_HOOK_TIMEOUT"):
             take(key, key.lower(), _seconds)
         for key in ("AGENT_GREETING", "AGENT_RECONNECT_GREETING"):
             if key in env:  # present but empty means: listen first, no greeting

@@ -82,12 +82,14 @@ class Transfer:
 class Log:
     """A call event worth one log line; ``level`` is a ``logging`` level name.
 
-    ``kind`` names events an observer (the simulator, the softphone) may be shown.
+    ``kind`` names events an observer (the simulator, the softphone) may be shown and the
+    call's recorder keeps; ``data`` carries their fields (ids, text), never audio.
     """
 
     message: str
     level: str = "INFO"
     kind: str | None = None
+    data: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,7 @@ class CallProtocol:
         self._seen_unknown: set[str] = set()
         self._heard_caller = False
         self._heard_agent = False
+        self._announce_audio = True  # the next audio sent starts a reply: say so once
         self.frames_to_agent = 0
         self.frames_to_caller = 0
         self.dropped_before_ready = 0
@@ -241,8 +244,9 @@ class CallProtocol:
             return []  # late or unknown: after a clear every pending mark comes back
         reply_id, clears = sent
         if clears != self._clears:
-            return [Log(f"reply {reply_id} flushed by barge-in", "DEBUG", kind="reply.flushed")]
-        return [Log(f"reply {reply_id} heard", kind="reply.heard")]
+            return [Log(f"reply {reply_id} flushed by barge-in", "DEBUG", kind="reply.flushed",
+                        data={"reply_id": reply_id})]
+        return [Log(f"reply {reply_id} heard", kind="reply.heard", data={"reply_id": reply_id})]
 
     def _dtmf(self, msg: dict[str, Any]) -> list[Action]:
         body = msg.get("dtmf")
@@ -252,7 +256,8 @@ class CallProtocol:
         if not self.agent_ready:
             return [Log(f"caller pressed {digit} before the agent was ready; ignored", "WARNING")]
         text = f"The caller pressed the key {digit} on their phone keypad."
-        return [Log(f"caller pressed {digit}", kind="dtmf"), ToAgent(agent.reply_create(text))]
+        return [Log(f"caller pressed {digit}", kind="dtmf", data={"digit": digit}),
+                ToAgent(agent.reply_create(text))]
 
     # ------------------------------------------------------------------ agent side
 
@@ -277,14 +282,18 @@ class CallProtocol:
                 raise ProtocolViolation("reply.audio before the call started")
             self.frames_to_caller += 1
             out = ToTwilio(twilio.media(self.info.stream_sid, data))
-            if self._heard_agent:
+            if not self._announce_audio:
                 return [out]
+            self._announce_audio = False
+            started = Log("reply audio started", "DEBUG", "reply.audio", {"reply_id": reply_id})
+            if self._heard_agent:
+                return [out, started]
             self._heard_agent = True
-            return [out, Log("first agent audio sent to caller", kind="audio.agent")]
+            return [out, started, Log("first agent audio sent to caller", kind="audio.agent")]
         if kind == "input.speech.started":
             self._settled = False
             if self._current_reply is None and not self._marks:
-                return [Log("caller started speaking", "DEBUG"), *self._clear()]
+                return [Log("caller started speaking", "DEBUG", "speech.started"), *self._clear()]
             return [Log("caller started speaking: barge-in", kind="barge-in"), *self._clear()]
         if kind == "reply.started":
             return self._reply_started(msg)
@@ -293,7 +302,8 @@ class CallProtocol:
         if kind == "tool.call":
             return self._tool_call(msg)
         if kind == "transcript.user":
-            return [Log(f"user: {msg.get('text', '')}", kind="transcript.user")]
+            text = msg.get("text", "")
+            return [Log(f"user: {text}", kind="transcript.user", data={"text": text})]
         if kind == "transcript.agent":
             return self._transcript_agent(msg)
         if kind == "session.ready":
@@ -304,8 +314,11 @@ class CallProtocol:
             self.ended = True
             self.session_open = False
             return [EndCall("agent ended the session")]
-        if kind in ("input.speech.stopped", "transcript.user.delta", "transcript.agent.delta",
-                    "session.updated"):
+        if kind == "input.speech.stopped":
+            return [Log("caller stopped speaking", "DEBUG", "speech.stopped")]
+        if kind == "transcript.agent.delta":
+            return self._agent_words(msg)
+        if kind in ("transcript.user.delta", "session.updated"):
             return []
         if kind == "reply.error":
             text = f"agent reply error: {msg.get('code')} {msg.get('message', '')}"
@@ -318,16 +331,19 @@ class CallProtocol:
         self.session_id = session_id if type(session_id) is str else None
         token = msg.get("resume_token")
         self.resume_token = token if type(token) is str and token else None
-        return [Log(f"agent ready (session {self.session_id})", kind="agent.ready")]
+        return [Log(f"agent ready (session {self.session_id})", kind="agent.ready",
+                    data={"session_id": self.session_id})]
 
     def _reply_started(self, msg: dict[str, Any]) -> list[Action]:
         reply_id = msg.get("reply_id")
         self._current_reply = reply_id if type(reply_id) is str else None
         self._muted = False
         self._settled = False
+        self._announce_audio = True
         if self._goodbye is not None:
             self._goodbye.reply_started(self._current_reply)
-        return []
+        return [Log(f"reply {self._current_reply} started", "DEBUG", "reply.started",
+                    {"reply_id": self._current_reply})]
 
     def _reply_done(self, msg: dict[str, Any]) -> list[Action]:
         reply_id = msg.get("reply_id")
@@ -341,7 +357,8 @@ class CallProtocol:
                 if self._tool_replies.get(cid) != reply_id
             ]
             actions += self._clear()
-            actions.append(Log(f"reply {reply_id} interrupted", kind="reply.interrupted"))
+            actions.append(Log(f"reply {reply_id} interrupted", kind="reply.interrupted",
+                               data={"reply_id": reply_id}))
         elif (self.info is not None and reply_id is not None
               and len(self._marks) < MAX_PENDING_MARKS):
             self._mark_seq += 1
@@ -358,11 +375,23 @@ class CallProtocol:
         return actions
 
     def _transcript_agent(self, msg: dict[str, Any]) -> list[Action]:
-        if msg.get("interrupted") is True:
-            reply_id = msg.get("reply_id")
-            self._mute(reply_id if type(reply_id) is str else self._current_reply)
-            return [Log(f"agent (interrupted): {msg.get('text', '')}", kind="transcript.agent")]
-        return [Log(f"agent: {msg.get('text', '')}", kind="transcript.agent")]
+        reply_id = msg.get("reply_id")
+        reply_id = reply_id if type(reply_id) is str else self._current_reply
+        text = msg.get("text", "")
+        interrupted = msg.get("interrupted") is True
+        data = {"text": text, "reply_id": reply_id, "interrupted": interrupted}
+        if interrupted:
+            self._mute(reply_id)
+            return [Log(f"agent (interrupted): {text}", kind="transcript.agent", data=data)]
+        return [Log(f"agent: {text}", kind="transcript.agent", data=data)]
+
+    def _agent_words(self, msg: dict[str, Any]) -> list[Action]:
+        """A word of the agent's reply with its timing in the reply's audio (the recorder
+        cuts an interrupted reply's text where the caller stopped hearing it)."""
+        reply_id = msg.get("reply_id")
+        data = {"reply_id": reply_id if type(reply_id) is str else self._current_reply,
+                "text": msg.get("delta", msg.get("text")), "end_ms": msg.get("end_ms")}
+        return [Log("agent word", "DEBUG", "agent.words", data)]
 
     def _tool_call(self, msg: dict[str, Any]) -> list[Action]:
         call_id = msg.get("call_id")
@@ -384,28 +413,33 @@ class CallProtocol:
         if type(name) is not str or not name or type(raw) is not dict:
             error = orjson.dumps({"error": "malformed tool call: arguments must be an object"})
             return self.tool_finished(call_id, error.decode(), is_error=True)
-        return [Log(f"tool call {name} ({call_id})", kind="tool.call"), RunTool(call_id, name, raw)]
+        data = {"call_id": call_id, "name": name, "argument_keys": sorted(map(str, raw))}
+        return [Log(f"tool call {name} ({call_id})", kind="tool.call", data=data),
+                RunTool(call_id, name, raw)]
 
     def _error(self, msg: dict[str, Any]) -> list[Action]:
         code = str(msg.get("code") or "unknown")
         text = f"agent error {code}: {msg.get('message', '')}"
         if agent.is_fatal(code):
-            return [Log(text, "ERROR"), EndCall(f"agent error {code}", 1011)]
-        return [Log(text, "WARNING")]
+            return [Log(text, "ERROR", "agent.error", {"code": code}),
+                    EndCall(f"agent error {code}", 1011)]
+        return [Log(text, "WARNING", "agent.error", {"code": code})]
 
     # ------------------------------------------------------------------ tools and finishing
 
     def tool_finished(self, call_id: str, result: str, *, is_error: bool) -> list[Action]:
         """A tool's outcome: send, hold until ``reply.done``, or drop (interrupted reply)."""
         reply_id = self._tool_replies.get(call_id)
+        data = {"call_id": call_id, "is_error": is_error, "result": result}
         if reply_id is not None and reply_id in self._muted_replies:
             self._tool_replies.pop(call_id, None)
-            return [Log(f"tool result {call_id} dropped: its reply was interrupted")]
+            return [Log(f"tool result {call_id} dropped: its reply was interrupted",
+                        kind="tool.dropped", data=data)]
         message = agent.tool_result(call_id, result, is_error=is_error)
         self._pending_results.append((call_id, message))
         outcome = "failed" if is_error else "succeeded"
         actions: list[Action] = [
-            Log(f"tool {call_id} {outcome}: {result[:200]}", "DEBUG", "tool.result")]
+            Log(f"tool {call_id} {outcome}: {result[:200]}", "DEBUG", "tool.result", data)]
         if self._immediate_results or self._settled:
             actions += self._flush_results()
         return actions

@@ -27,8 +27,11 @@ from starlette.websockets import WebSocket, WebSocketState
 from relay import twilio_rest, twiml
 from relay.bridge import CallBridge
 from relay.call_tools import Transferrer
+from relay.calls_page import calls_routes
 from relay.config import Settings
+from relay.monitor import CallEndedHook, Monitor
 from relay.outcome_records import answer, read_outcome
+from relay.outcomes import Outcome
 from relay.security import StreamTokens, is_from_twilio
 from relay.serving import RECEIVE_TEXT, SEND_TEXT
 from relay.store import MemoryStore, Store
@@ -58,11 +61,16 @@ class Relay:
     """The application's shared state: settings, tools, token keys and process-wide clients."""
 
     def __init__(self, settings: Settings, registry: Registry,
-                 store: Store | None = None) -> None:
+                 store: Store | None = None,
+                 call_ended: CallEndedHook | None = None) -> None:
         self.settings = settings
         self.registry = registry
         # Outcome records for the <Connect action> request (and other cross-call state).
         self.store: Store = store if store is not None else MemoryStore()
+        self.monitor = Monitor(
+            call_log_dir=settings.call_log_dir, redact_transcripts=settings.redact_transcripts,
+            call_ended=call_ended, hook_timeout=settings.call_ended_hook_timeout,
+            tool_names=frozenset(registry.names()))
         self.tokens = StreamTokens(settings.relay_secret)
         self.http: httpx.AsyncClient | None = None
         rest = twilio_rest.make_client(settings)
@@ -101,6 +109,7 @@ class Relay:
         form = await request.form()
         if not self.signed(request, self.public_url(request), form):
             log.warning("rejected /twiml request: bad or missing X-Twilio-Signature")
+            self.monitor.metrics.refused(Outcome.REFUSED_UNAUTHORIZED)
             return PlainTextResponse("invalid signature", status_code=403)
         call_sid = form.get("CallSid")
         if not isinstance(call_sid, str) or not call_sid:
@@ -157,6 +166,7 @@ class Relay:
     async def media(self, ws: WebSocket) -> None:
         if not self.signed(ws, self.settings.stream_url, {}):
             log.warning("rejected media stream upgrade: bad or missing x-twilio-signature")
+            self.monitor.metrics.refused(Outcome.REFUSED_UNAUTHORIZED)
             await ws.close(code=1008)
             return
         await self.serve_call(ws, purpose="twilio")
@@ -169,7 +179,8 @@ class Relay:
             await ws.close(code=1011)
             return
         bridge = CallBridge(ws, settings=self.settings, registry=self.registry, http=self.http,
-                            tokens=self.tokens, purpose=purpose, transfer=self.transfer)
+                            tokens=self.tokens, purpose=purpose, transfer=self.transfer,
+                            monitor=self.monitor)
         try:
             await bridge.run()
         except Exception:
@@ -189,7 +200,8 @@ class Relay:
             # it out of the collector's full passes, which would otherwise pause every call.
             gc.collect()
             gc.freeze()
-            yield
+            async with self.monitor.running():
+                yield
             self.http = None
 
 
@@ -199,14 +211,17 @@ def create_app(
     *,
     extra_routes: Callable[[Relay], list[BaseRoute]] | None = None,
     store: Store | None = None,
+    call_ended: CallEndedHook | None = None,
 ) -> Starlette:
-    relay = Relay(settings, registry, store)
+    """The app. ``call_ended``: a coroutine function given each finished call's record."""
+    relay = Relay(settings, registry, store, call_ended)
     routes: list[BaseRoute] = [
         Route("/healthz", relay.healthz, methods=["GET"]),
         Route("/twiml", relay.twiml, methods=["POST"]),
         Route("/call-action", relay.call_action, methods=["POST"]),
         Route("/call-status", relay.call_status, methods=["POST"]),
         WebSocketRoute("/media", relay.media),
+        *calls_routes(relay),
     ]
     if extra_routes is not None:
         routes += extra_routes(relay)

@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute
 from app import local_routes
 from relay import serving
 from relay.config import Settings
+from relay.monitor import CallEndedHook
 from relay.routes import Relay, create_app
 from relay.tools import Registry
 from tests.fakes import KEY, FakeAgent
@@ -74,6 +75,7 @@ async def run_relay(
     settings_for: Callable[[int], Settings],
     registry: Registry,
     extra_routes: Callable[[Relay], list[BaseRoute]] | None = None,
+    call_ended: CallEndedHook | None = None,
     **server_options: Any,
 ) -> AsyncIterator[RunningRelay]:
     """uvicorn serving the real app on 127.0.0.1:0, configured as ``app.py`` configures it."""
@@ -83,7 +85,8 @@ async def run_relay(
     settings = settings_for(sock.getsockname()[1])
     # The routes app.py adds (the local agent, the softphone) unless a test names its own.
     app = create_app(settings, registry,
-                     extra_routes=extra_routes or functools.partial(local_routes, settings))
+                     extra_routes=extra_routes or functools.partial(local_routes, settings),
+                     call_ended=call_ended)
     server = uvicorn.Server(serving.config(app, log_level="warning", lifespan="on",
                                            **server_options))
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -106,10 +109,10 @@ def make_relay() -> Callable[..., contextlib.AbstractAsyncContextManager[Running
 
     @contextlib.asynccontextmanager
     async def make(agent: FakeAgent, *, tools: Iterable[Callable[..., Any]] = (),
-                   server: dict[str, Any] | None = None,
+                   server: dict[str, Any] | None = None, call_ended: CallEndedHook | None = None,
                    **overrides: Any) -> AsyncIterator[RunningRelay]:
         async with run_relay(lambda port: test_settings(port, agent.url, **overrides),
-                             Registry(tools), **(server or {})) as relay:
+                             Registry(tools), call_ended=call_ended, **(server or {})) as relay:
             yield relay
 
     return make

@@ -183,13 +183,14 @@ def test_completed_reply_gets_a_mark_and_its_echo_is_logged_heard_or_flushed() -
     name = mark.message["mark"]["name"]
     assert mark == ToTwilio({"event": "mark", "streamSid": SID, "mark": {"name": name}})
     echo = {"event": "mark", "streamSid": SID, "mark": {"name": name}}
-    assert call.twilio_message(echo) == [Log("reply r1 heard", kind="reply.heard")]
+    assert call.twilio_message(echo) == [Log("reply r1 heard", kind="reply.heard", data={"reply_id": "r1"})]
     assert call.twilio_message(echo) == []  # late duplicate: ignored
     call.agent_message({"type": "reply.done", "reply_id": "r2", "status": "completed"})
     name2 = "2:r2"
     call.agent_message({"type": "input.speech.started"})
     assert call.twilio_message({"event": "mark", "mark": {"name": name2}}) == [
-        Log("reply r2 flushed by barge-in", "DEBUG", kind="reply.flushed")]
+        Log("reply r2 flushed by barge-in", "DEBUG", kind="reply.flushed",
+            data={"reply_id": "r2"})]
 
 
 def test_dtmf_reaches_the_agent_as_a_reply_request() -> None:

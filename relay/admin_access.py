@@ -1,0 +1,113 @@
+"""Who may read ``/metrics``, the calls page and ``/api/*``, and who may change a call.
+
+Readers: a client on this machine (a loopback peer that asked for a loopback host name, with
+no proxy in between), or anyone presenting ``ADMIN_TOKEN``, as a Bearer token (scripts,
+Prometheus) or as the password of HTTP Basic (a browser elsewhere; any user name). Forwarded
+headers are never trusted to make a client local: a request a proxy or tunnel on this machine
+forwards is treated as coming from elsewhere. Without ``ADMIN_TOKEN`` only this machine reads.
+
+Writers (hang-up) must also be readers, and must send what a page on another site cannot send
+without the browser asking first (CORS preflight): a JSON body or the ``X-Relay-Request``
+header; a browser's ``Origin``, when present, must be this server. So a web page open in a
+browser on the relay's own machine cannot hang up calls, although the browser is local.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+from urllib.parse import urlsplit
+
+from starlette.requests import HTTPConnection
+from starlette.responses import PlainTextResponse, Response
+
+REALM = 'Basic realm="relay admin", Bearer realm="relay admin"'
+FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host")
+CUSTOM_HEADER = "x-relay-request"
+
+
+def _loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_local(conn: HTTPConnection) -> bool:
+    """A client on this machine, talking to this server directly.
+
+    The host name check keeps out pages whose domain was made to resolve to 127.0.0.1 (DNS
+    rebinding), which could otherwise read the API from a browser on this machine.
+    """
+    peer = conn.client.host if conn.client else ""
+    if not _loopback_host(peer):
+        return False
+    if not _loopback_host(urlsplit("//" + conn.headers.get("host", "")).hostname or ""):
+        return False
+    return not any(name in conn.headers for name in FORWARDING_HEADERS)
+
+
+def presented_token(authorization: str) -> str | None:
+    """The Bearer token, or the password of HTTP Basic, of an ``Authorization`` header."""
+    scheme, _, value = authorization.strip().partition(" ")
+    value = value.strip()
+    if not value:
+        return None
+    if scheme.lower() == "bearer":
+        return value
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _, colon, password = decoded.partition(":")
+    return password if colon else None
+
+
+def may_read(conn: HTTPConnection, admin_token: str | None) -> bool:
+    if is_local(conn):
+        return True
+    if not admin_token:
+        return False
+    given = presented_token(conn.headers.get("authorization", ""))
+    return given is not None and hmac.compare_digest(given.encode(), admin_token.encode())
+
+
+def refuse_reader(conn: HTTPConnection, admin_token: str | None) -> Response | None:
+    """None when this client may read, else the 401 that asks for the token."""
+    if may_read(conn, admin_token):
+        return None
+    text = ("Needs ADMIN_TOKEN (Bearer, or as the HTTP Basic password).\n" if admin_token
+            else "Open to this machine only: set ADMIN_TOKEN to read it from elsewhere.\n")
+    return PlainTextResponse(text, status_code=401, headers={"WWW-Authenticate": REALM})
+
+
+def is_cross_site(conn: HTTPConnection) -> bool:
+    """Could a page on another site have sent this request without a CORS preflight?"""
+    headers = conn.headers
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and CUSTOM_HEADER not in headers:
+        return True
+    if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return True
+    origin = headers.get("origin")
+    if origin is None:
+        return False
+    return urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
+
+
+def refuse_writer(conn: HTTPConnection, admin_token: str | None) -> Response | None:
+    """None when this client may change a call, else the 401 or 403 refusing it."""
+    refused = refuse_reader(conn, admin_token)
+    if refused is not None:
+        return refused
+    if is_cross_site(conn):
+        return PlainTextResponse(
+            "Refused: send a JSON body or the X-Relay-Request header, from this server's own "
+            "pages.\n", status_code=403)
+    return None

@@ -1,0 +1,180 @@
+"""The relay's Prometheus metrics, in a registry of their own, served at ``GET /metrics``.
+
+Two kinds of numbers, kept apart because the audio path must not pay for metrics:
+
+* Events that happen a few times per call (a call ends, the agent is ready, a reply starts, a
+  tool runs) are observed here with ``prometheus_client`` counters and histograms, from the
+  call's recorder.
+* Per-frame counts are the plain integer counters ``CallProtocol`` keeps anyway
+  (``frames_to_agent``, ``frames_to_caller``, ``dropped_before_ready``, ``dropped_muted``).
+  Nothing is called per frame: ``_LiveCollector`` adds them up over the live calls when
+  Prometheus scrapes, plus a running total of the calls already finished.
+
+Names follow Prometheus conventions (base units, ``_total`` counters); no label ever holds a
+CallSid or a phone number: outcomes, tool names and error codes come from fixed or bounded sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator
+from typing import Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from relay.outcomes import Outcome
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Voice-to-voice budgets are 500–800 ms: fine buckets there, coarse ones around them.
+RESPONSE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0,
+                    10.0)
+CONNECT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+TOOL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+# Agent error codes become label values: only so many distinct ones, the rest are "other".
+MAX_ERROR_CODES = 32
+
+
+class FrameCounts(Protocol):
+    """The per-frame counters of one call (``CallProtocol`` has them)."""
+
+    frames_to_agent: int
+    frames_to_caller: int
+    dropped_before_ready: int
+    dropped_muted: int
+
+
+class LiveCall(Protocol):
+    @property
+    def counters(self) -> FrameCounts: ...
+
+    @property
+    def agent_open(self) -> bool: ...
+
+
+class Metrics:
+    """Every metric of the process; ``live`` gives the calls in progress at scrape time."""
+
+    def __init__(self, live: Callable[[], Collection[LiveCall]], *,
+                 process_collectors: bool = True) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: noise
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.calls = Counter("relay_calls", "Calls ended, by how they ended.", ["outcome"],
+                             registry=registry)
+        for outcome in Outcome:  # every outcome is present from the start, at 0
+            self.calls.labels(outcome.value)
+        self.agent_connect = Histogram(
+            "relay_agent_connect_seconds",
+            "From opening the agent socket to the agent's session.ready.",
+            buckets=CONNECT_BUCKETS, registry=registry)
+        self.first_audio = Histogram(
+            "relay_first_audio_seconds",
+            "From Twilio's start to the first agent audio sent to the caller.",
+            buckets=CONNECT_BUCKETS, registry=registry)
+        self.response = Histogram(
+            "relay_response_seconds",
+            "The agent's voice-to-voice latency as the relay sees it: from "
+            "input.speech.stopped to the first audio of the reply that follows.",
+            buckets=RESPONSE_BUCKETS, registry=registry)
+        self.barge_ins = Counter("relay_barge_ins", "Times the caller talked over the agent.",
+                                 registry=registry)
+        self.agent_errors = Counter("relay_agent_errors", "Errors reported by the agent, by code.",
+                                    ["code"], registry=registry)
+        self.agent_reconnects = Counter(
+            "relay_agent_reconnects", "Attempts to resume a lost agent session, by result.",
+            ["result"], registry=registry)
+        self.tool_calls = Counter("relay_tool_calls", "Tool calls, by tool and result (ok, error).",
+                                  ["tool", "result"], registry=registry)
+        self.tool_seconds = Histogram("relay_tool_seconds", "How long each tool call took.",
+                                      ["tool"], buckets=TOOL_BUCKETS, registry=registry)
+        self._finished = _Totals()
+        self._error_codes: set[str] = set()
+        registry.register(_LiveCollector(live, self._finished))
+        if process_collectors:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+
+    # ------------------------------------------------------------------ for others to call
+
+    def call_ended(self, outcome: Outcome, counters: FrameCounts | None = None) -> None:
+        """Count a finished call; its frame counters join the running totals."""
+        self.calls.labels(outcome.value).inc()
+        if counters is not None:
+            self._finished.add(counters)
+
+    def refused(self, outcome: Outcome) -> None:
+        """Count a call refused before it reached the agent (busy, rate limited, forged)."""
+        self.calls.labels(outcome.value).inc()
+
+    def agent_error(self, code: str) -> None:
+        if code not in self._error_codes:
+            if len(self._error_codes) >= MAX_ERROR_CODES:
+                code = "other"
+            else:
+                self._error_codes.add(code)
+        self.agent_errors.labels(code).inc()
+
+    def agent_reconnected(self, result: str) -> None:
+        """A resume attempt: ``resumed``, ``new_session`` or ``failed``."""
+        self.agent_reconnects.labels(result).inc()
+
+    def tool_finished(self, tool: str, seconds: float, *, ok: bool) -> None:
+        self.tool_calls.labels(tool, "ok" if ok else "error").inc()
+        self.tool_seconds.labels(tool).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Totals:
+    __slots__ = ("frames_to_agent", "frames_to_caller", "dropped_before_ready", "dropped_muted")
+
+    def __init__(self) -> None:
+        self.frames_to_agent = self.frames_to_caller = 0
+        self.dropped_before_ready = self.dropped_muted = 0
+
+    def add(self, c: FrameCounts) -> None:
+        self.frames_to_agent += c.frames_to_agent
+        self.frames_to_caller += c.frames_to_caller
+        self.dropped_before_ready += c.dropped_before_ready
+        self.dropped_muted += c.dropped_muted
+
+
+class _LiveCollector:
+    """Gauges of the live calls and the frame counters, read when Prometheus scrapes."""
+
+    def __init__(self, live: Callable[[], Collection[LiveCall]], finished: _Totals) -> None:
+        self._live = live
+        self._finished = finished
+
+    def collect(self) -> Iterator[Metric]:
+        calls = list(self._live())
+        total = _Totals()
+        total.add(self._finished)
+        for call in calls:
+            total.add(call.counters)
+        yield GaugeMetricFamily("relay_calls_active", "Calls in progress.", value=len(calls))
+        yield GaugeMetricFamily(
+            "relay_agent_sessions_open", "Agent sockets open for calls in progress.",
+            value=sum(1 for call in calls if call.agent_open))
+        frames = CounterMetricFamily(
+            "relay_frames", "Audio frames relayed, by direction.", labels=["direction"])
+        frames.add_metric(["to_agent"], total.frames_to_agent)
+        frames.add_metric(["to_caller"], total.frames_to_caller)
+        yield frames
+        dropped = CounterMetricFamily(
+            "relay_frames_dropped",
+            "Audio frames not relayed: caller audio before the agent was ready (before_ready), "
+            "agent audio of a reply the caller interrupted (muted).", labels=["reason"])
+        dropped.add_metric(["before_ready"], total.dropped_before_ready)
+        dropped.add_metric(["muted"], total.dropped_muted)
+        yield dropped

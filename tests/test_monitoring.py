@@ -1,0 +1,372 @@
+"""Metrics, call records and the hook, end to end: real calls through the fakes, then a scrape.
+
+Each test runs the real server (uvicorn on 127.0.0.1:0) against the strict fake agent and a
+simulated Twilio caller, scrapes ``/metrics`` before and after, and reads back the record the
+call left in ``CALL_LOG_DIR``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay.call_control import end_call
+from relay.local.caller import SimulatedCall
+from relay.record_log import read_records
+from relay.redaction import REDACTED
+from relay.tools import tool
+from tests.conftest import AUTH_TOKEN, MS, RunningRelay
+from tests.fakes import AgentSession, FakeAgent
+from tests.test_tools_e2e import frame, reply_with_tool_call, speak
+
+pytestmark = pytest.mark.anyio
+
+PROMTOOL = shutil.which("promtool")
+CALLER = "+15550001111"
+
+
+@tool
+def lookup_order(order_id: str) -> dict[str, str]:
+    """Look up an order."""
+    raise ValueError(f"There is no order {order_id} for this phone number.")
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(relay: RunningRelay, **headers: str) -> tuple[str, Samples]:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(relay.base_url + "/metrics", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return response.text, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll ``check`` (state another task or process changes) until it holds."""
+    async with asyncio.timeout(within * MS):
+        while True:
+            if check():
+                return
+            await asyncio.sleep(0.02)
+
+
+async def wait_for_records(directory: Path, count: int) -> list[dict[str, Any]]:
+    await eventually(lambda: len(read_records(directory)) >= count)
+    return read_records(directory)
+
+
+async def conversation(session: AgentSession) -> None:
+    """A greeting, a question with a tool that fails, an answer, and an answer cut short."""
+    await speak(session, "r1", 3, "Hello, how can I help?")
+    await asyncio.sleep(0.1)  # the greeting's mark comes back: the caller talks after it
+    await session.send({"type": "input.speech.started"})
+    await session.send({"type": "input.speech.stopped"})
+    await session.send({"type": "transcript.user",
+                        "text": "My card is 4111 1111 1111 1111, where is order 42? At 10:30?"})
+    await reply_with_tool_call(session, "r2", "c1", "lookup_order", arguments={"order_id": "42"})
+    await session.wait_for("tool.result")
+    await speak(session, "r3", 4, "Sorry, I cannot find order 42.", first=100)
+    # The caller asks again, and talks over the answer after about 0.3 s of it.
+    await asyncio.sleep(0.1)
+    await session.send({"type": "input.speech.started"})
+    await session.send({"type": "input.speech.stopped"})
+    await session.send({"type": "transcript.user", "text": "Write to jane@example.com"})
+    await session.send({"type": "reply.started", "reply_id": "r4"})
+    for i, (word, end_ms) in enumerate([("I", 100), ("will", 2000), ("write", 3000)]):
+        await session.send({"type": "transcript.agent.delta", "reply_id": "r4", "delta": word,
+                            "start_ms": end_ms - 100, "end_ms": end_ms})
+        await session.send({"type": "reply.audio", "reply_id": "r4", "data": frame(200 + i)})
+    await asyncio.sleep(0.3)
+    await session.send({"type": "input.speech.started"})
+    await session.send({"type": "transcript.agent", "reply_id": "r4", "text": "I will write",
+                        "interrupted": True})
+    await session.send({"type": "reply.done", "reply_id": "r4", "status": "interrupted"})
+    await session.send({"type": "input.speech.stopped"})
+
+
+@contextlib.asynccontextmanager
+async def relay_with(script: Callable[[AgentSession], Awaitable[None]] | None, make_relay: Any,
+                     tmp_path: Path, **settings: Any) -> AsyncIterator[tuple[FakeAgent,
+                                                                             RunningRelay]]:
+    async with FakeAgent(script=script).running() as agent, \
+            make_relay(agent, tools=settings.pop("tools", [lookup_order]),
+                       call_log_dir=str(tmp_path / "calls"), **settings) as relay:
+        yield agent, relay
+
+
+async def test_a_call_moves_the_metrics_and_leaves_its_record(make_relay, tmp_path: Path) -> None:
+    async with relay_with(conversation, make_relay, tmp_path) as (agent, relay):
+        _, before = await scrape(relay)
+        assert value(before, "relay_calls_active") == 0
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN,
+                                      caller=CALLER) as call:
+            session = await agent.session()
+            await session.ready.wait()
+            for i in range(5):
+                await call.send_media(frame(i))
+            await session.wait_for("input.audio", 5)
+            # Three times the caller speaks (a clear each) and once a reply is interrupted.
+            await call.wait_for("clear", 4, timeout=5 * MS)
+            _, during = await scrape(relay)
+            assert value(during, "relay_calls_active") == 1
+            assert value(during, "relay_agent_sessions_open") == 1
+            assert moved(before, during, "relay_frames_total", direction="to_agent") == 5
+            await asyncio.sleep(0.1)
+            await call.hang_up()
+            await call.wait_closed(5 * MS)
+        records = await wait_for_records(tmp_path / "calls", 1)
+        text, after = await scrape(relay)
+    assert session.violations == []
+    assert value(after, "relay_calls_active") == 0
+    assert value(after, "relay_agent_sessions_open") == 0
+    assert moved(before, after, "relay_calls_total", outcome="caller_hung_up") == 1
+    assert moved(before, after, "relay_frames_total", direction="to_agent") == 5
+    assert moved(before, after, "relay_frames_total", direction="to_caller") == 3 + 4 + 3
+    assert moved(before, after, "relay_agent_connect_seconds_count") == 1
+    assert moved(before, after, "relay_first_audio_seconds_count") == 1
+    assert moved(before, after, "relay_response_seconds_count") == 2
+    assert moved(before, after, "relay_barge_ins_total") == 1
+    assert moved(before, after, "relay_tool_calls_total", tool="lookup_order", result="error") == 1
+    assert moved(before, after, "relay_tool_seconds_count", tool="lookup_order") == 1
+    assert value(after, "process_cpu_seconds_total") > 0
+    assert "CA" not in text and CALLER not in text  # no CallSid, no number as a label
+
+    (record,) = records
+    assert record["schema"] == 1
+    assert record["call_sid"] == call.call_sid
+    assert record["direction"] == "inbound"
+    assert record["caller"] == "+1555***1111" and record["called"] == "+1555***2222"
+    assert record["started_at"].endswith("Z") and record["ended_at"] > record["started_at"]
+    assert 0.3 < record["duration_seconds"] < 10
+    assert record["outcome"] == "caller_hung_up" and record["end_reason"] == "caller hung up"
+    assert record["agent_session_ids"] == ["sess_test"]
+    assert 0 < record["agent_connect_seconds"] < 2
+    assert 0 < record["first_audio_seconds"] < 2
+    assert len(record["response_seconds"]) == 2
+    assert record["response_p50_seconds"] == min(record["response_seconds"])
+    assert record["response_max_seconds"] == max(record["response_seconds"])
+    assert record["barge_ins"] == 1
+    (tool_call,) = record["tool_calls"]
+    assert tool_call["name"] == "lookup_order" and tool_call["argument_keys"] == ["order_id"]
+    assert tool_call["duration_seconds"] >= 0
+    assert tool_call["error"] == "There is no order 42 for this phone number."
+    turns = [(t["role"], t["text"], t["interrupted"]) for t in record["transcript"]]
+    assert turns == [
+        ("agent", "Hello, how can I help?", False),
+        ("caller", f"My card is {REDACTED}, where is order 42? At 10:30?", False),
+        ("agent", "Sorry, I cannot find order 42.", False),
+        ("caller", f"Write to {REDACTED}", False),
+        ("agent", "I", True),  # cut where the caller stopped hearing it
+    ]
+    offsets = [t["offset_seconds"] for t in record["transcript"]]
+    assert offsets == sorted(offsets) and offsets[0] >= 0
+    assert 0.2 < record["transcript"][-1]["heard_seconds"] < 1.5
+    assert record["frames"] == {"to_agent": 5, "to_caller": 10, "dropped_before_ready": 0,
+                                "dropped_muted": 0}
+    events = [e["event"] for e in record["events"]]
+    for name in ("agent.ready", "agent.audio", "caller.started", "caller.stopped", "barge-in",
+                 "tool.started", "tool.finished", "reply.heard", "call.ended"):
+        assert name in events
+
+
+def hang_up_when_asked(session: AgentSession) -> Callable[[], Awaitable[None]]:
+    async def answer() -> None:
+        await session.wait_for("reply.create")
+        await speak(session, "bye", 2, "Goodbye!", first=900)
+
+    return answer
+
+
+async def operator_hangs_up(call: SimulatedCall, session: AgentSession,
+                            relay: RunningRelay) -> None:
+    async with httpx.AsyncClient() as http:
+        missing = await http.post(relay.base_url + "/api/calls/CAnope/hangup", json={})
+        assert missing.status_code == 404
+        response = await http.post(relay.base_url + f"/api/calls/{call.call_sid}/hangup",
+                                   json={})
+    assert response.status_code == 202
+    (ask,) = await session.wait_for("reply.create")
+    assert "goodbye" in ask["instructions"]
+    await speak(session, "bye", 2, "Goodbye!", first=900)
+
+
+async def operator_hangs_up_now(call: SimulatedCall, session: AgentSession,
+                                relay: RunningRelay) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            relay.base_url + f"/api/calls/{call.call_sid}/hangup?now=1",
+            headers={"X-Relay-Request": "1"})
+    assert response.status_code == 202
+
+
+async def caller_hangs_up(call: SimulatedCall, session: AgentSession, relay: RunningRelay) -> None:
+    await call.hang_up()
+
+
+async def agent_ends(call: SimulatedCall, session: AgentSession, relay: RunningRelay) -> None:
+    await session.send({"type": "session.ended"})
+    await session.ws.close(1000)
+
+
+async def agent_fails(call: SimulatedCall, session: AgentSession, relay: RunningRelay) -> None:
+    await session.send({"type": "session.error", "code": "internal_error", "message": "boom"})
+
+
+async def agent_ends_the_call(call: SimulatedCall, session: AgentSession,
+                              relay: RunningRelay) -> None:
+    await reply_with_tool_call(session, "r1", "c1", "end_call", arguments={})
+    await session.wait_for("tool.result")
+    await speak(session, "r2", 2, "Goodbye!", first=700)
+
+
+async def nothing(call: SimulatedCall, session: AgentSession, relay: RunningRelay) -> None:
+    pass
+
+
+ENDINGS = {
+    "caller_hung_up": (caller_hangs_up, {}),
+    "completed": (agent_ends_the_call, {}),
+    "agent_ended": (agent_ends, {}),
+    "agent_failed": (agent_fails, {}),
+    "max_duration": (nothing, {"max_call_seconds": 0.5}),
+    "operator_hung_up": (operator_hangs_up, {}),
+    "operator_hung_up now": (operator_hangs_up_now, {}),
+}
+
+
+@pytest.mark.parametrize("ending", list(ENDINGS))
+async def test_each_ending_is_counted_and_recorded(make_relay, tmp_path: Path, ending: str) -> None:
+    act, settings = ENDINGS[ending]
+    outcome = ending.split()[0]
+    async with relay_with(None, make_relay, tmp_path, tools=[end_call, lookup_order],
+                          **settings) as (agent, relay):
+        _, before = await scrape(relay)
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
+            session = await agent.session()
+            await session.ready.wait()
+            await act(call, session, relay)
+            await call.wait_closed(8 * MS)
+        (record,) = await wait_for_records(tmp_path / "calls", 1)
+        _, after = await scrape(relay)
+    assert moved(before, after, "relay_calls_total", outcome=outcome) == 1
+    assert sum(moved(before, after, "relay_calls_total", outcome=o)
+               for o in ("caller_hung_up", "completed", "agent_ended", "agent_failed",
+                         "max_duration", "operator_hung_up")) == 1
+    assert record["outcome"] == outcome and record["call_sid"] == call.call_sid
+    assert record["end_reason"]
+    if outcome == "completed" or ending == "operator_hung_up":
+        assert record["transcript"][-1]["text"] == "Goodbye!"
+    if outcome == "agent_failed":
+        assert record["agent_errors"] == ["internal_error"]
+        assert moved(before, after, "relay_agent_errors_total", code="internal_error") == 1
+
+
+async def test_forged_webhooks_and_streams_count_as_refused(make_relay, tmp_path: Path) -> None:
+    async with relay_with(None, make_relay, tmp_path) as (agent, relay):
+        _, before = await scrape(relay)
+        async with httpx.AsyncClient() as http:
+            forged = await http.post(relay.base_url + "/twiml", data={"CallSid": "CA1"})
+        assert forged.status_code == 403
+        with pytest.raises(httpx.HTTPStatusError):
+            async with SimulatedCall.dial(relay.base_url, auth_token="wrong"):
+                pass
+        _, after = await scrape(relay)
+    assert moved(before, after, "relay_calls_total", outcome="refused_unauthorized") == 2
+    assert read_records(tmp_path / "calls") == []  # never a call: nothing to record
+
+
+async def test_a_failing_or_slow_hook_never_touches_the_call(make_relay, tmp_path: Path,
+                                                             caplog) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def hook(record: dict[str, Any]) -> None:
+        seen.append(record)
+        if len(seen) == 1:
+            raise RuntimeError("the CRM is down")
+        await asyncio.sleep(60)  # the second call's hook hangs: cut off by the timeout
+
+    caplog.set_level(logging.ERROR, "relay.monitor")
+    async with relay_with(None, make_relay, tmp_path, call_ended=hook,
+                          call_ended_hook_timeout=0.3) as (agent, relay):
+        for _ in range(2):
+            async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
+                session = await agent.session(len(seen))
+                await session.ready.wait()
+                await call.hang_up()
+                assert await call.wait_closed(5 * MS) == 1000
+            await eventually(lambda: len(seen) == len(agent.sessions))
+        records = await wait_for_records(tmp_path / "calls", 2)
+        await eventually(lambda: len(caplog.records) >= 2)
+    assert [r["call_sid"] for r in seen] == [r["call_sid"] for r in records]
+    assert all(r["outcome"] == "caller_hung_up" for r in records)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("call_ended hook failed" in m for m in messages)
+    assert any("call_ended hook timed out" in m for m in messages)
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="needs promtool (Debian's prometheus package)")
+async def test_the_exposition_passes_promtool(make_relay, tmp_path: Path) -> None:
+    async with relay_with(conversation, make_relay, tmp_path) as (agent, relay):
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
+            session = await agent.session()
+            await session.wait_for("tool.result")
+            await call.hang_up()
+            await call.wait_closed(5 * MS)
+        await wait_for_records(tmp_path / "calls", 1)
+        text, _ = await scrape(relay)
+    assert PROMTOOL is not None
+    checked = await asyncio.to_thread(subprocess.run, [PROMTOOL, "check", "metrics"],
+                                      input=text.encode(), capture_output=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+    assert checked.stdout.decode().strip() == "", checked.stdout.decode()
+
+
+async def test_call_api_lists_live_and_recent_calls(make_relay, tmp_path: Path) -> None:
+    async with relay_with(conversation, make_relay, tmp_path) as (agent, relay), \
+            httpx.AsyncClient(base_url=relay.base_url) as http:
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
+            session = await agent.session()
+            await session.wait_for("tool.result")
+            listed = (await http.get("/api/calls")).json()
+            (live,) = listed["live"]
+            assert live["call_sid"] == call.call_sid and live["caller"] == "+1555***1111"
+            assert live["direction"] == "inbound" and live["duration_seconds"] >= 0
+            assert live["activity"] and live["last_line"]["role"] in ("agent", "caller")
+            one = (await http.get(f"/api/calls/{call.call_sid}")).json()
+            assert one["live"] is True and one["outcome"] is None
+            await call.hang_up()
+            await call.wait_closed(5 * MS)
+        await wait_for_records(tmp_path / "calls", 1)
+        listed = (await http.get("/api/calls")).json()
+        assert listed["live"] == []
+        (recent,) = listed["recent"]
+        assert recent["call_sid"] == call.call_sid and recent["outcome"] == "caller_hung_up"
+        one = (await http.get(f"/api/calls/{call.call_sid}")).json()
+        assert one["live"] is False and one["outcome"] == "caller_hung_up"
+        assert (await http.get("/api/calls/CAnope")).status_code == 404
+        events = orjson.loads(orjson.dumps(one["events"]))
+        assert events[-1]["event"] == "call.ended"
