@@ -296,6 +296,11 @@ class CallBridge:
         try:
             self._perform(self.protocol.twilio_message(orjson.loads(raw)))
         except Exception as exc:
+            if isinstance(exc, orjson.JSONDecodeError) and not _is_utf8(raw):
+                # RFC 6455 §8.1: a text message that is not UTF-8 fails the connection, 1007.
+                # Checked only here: the JSON decoder already rejects what is not UTF-8.
+                self._end(CallEnded(_STREAM_FAILURES[1007], 1007))
+                return
             self._message_failed(exc, "Twilio")
 
     def _on_agent_message(self, raw: Message) -> None:
@@ -397,7 +402,6 @@ class CallBridge:
         except OSError:
             raise CallEnded("caller hung up") from None
 
-
     # ------------------------------------------------------------------ seen from outside
 
     @property
@@ -420,6 +424,14 @@ class CallBridge:
             self._perform([ToAgent(agent_messages.reply_create(GOODBYE))])
         except CallEnded as ended:
             self._end(ended)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _agent_gone(closed: LinkClosed) -> CallEnded:

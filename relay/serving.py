@@ -8,7 +8,10 @@ uvicorn's protocol matter, and the relay's streams avoid them:
   Streams get the ASGI extension ``relay.receive_text``: a function taking a callback, which
   from then on gets each text message's UTF-8 bytes from ``data_received``, with no queue and
   no pause; ASGI ``receive`` then carries only the disconnect (and binary messages), as
-  uvicorn delivers them. Register it before accepting the stream.
+  uvicorn delivers them. Register it before accepting the stream. The bytes are not checked
+  for UTF-8 on the way (uvicorn decodes each message; websockets' sans-I/O layer does not
+  check): the receiver's JSON decoder rejects them, and the receiver then closes the stream
+  with 1007 (``relay.bridge``), as RFC 6455 §8.1 asks.
 * Sending goes through ASGI's ``send`` (a coroutine, several wrappers, and a ``str`` that is
   encoded again). Streams also get the ASGI extension ``relay.send_text``: a plain function
   that frames UTF-8 JSON ``bytes`` as a text message and writes it at once. It raises
