@@ -91,11 +91,11 @@ def main() -> int:
             load_registry(settings)  # a broken tool stops the parent, not each worker in turn
             return serve_workers(settings)
         app = build(settings)
+        server = uvicorn.Server(serving.config(app, host=settings.host, port=settings.port,
+                                               log_level=settings.log_level.lower()))
     except (ConfigError, ToolError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
-    server = uvicorn.Server(serving.config(app, host=settings.host, port=settings.port,
-                                           log_level=settings.log_level.lower()))
     server.run()
     return 0 if server.started else 1  # start-up failed
 

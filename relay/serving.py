@@ -22,11 +22,45 @@ uvicorn's protocol matter, and the relay's streams avoid them:
 The handshake and keepalive pings are uvicorn's own; closing is bounded: a stream whose peer
 has stopped reading, or fails a keepalive ping, or does not answer a close in time, is aborted
 rather than left waiting for its buffer to drain.
+
+uvicorn's internals used
+------------------------
+``MediaStreamProtocol`` extends ``WebSocketsSansIOProtocol`` of
+``uvicorn/protocols/websockets/websockets_sansio_impl.py``, private API that changes between
+releases: it is tested with uvicorn 0.54 (line numbers below are 0.54.0's) and websockets 17,
+pinned in ``pyproject.toml``, and ``check_uvicorn()`` stops the start-up with one line when the
+installed base class lacks any of it (``.ci/newest-deps`` tries the newest releases).
+
+Overridden, each calling uvicorn's own method first or for every other case:
+
+* ``handle_connect`` (223–270): adds the two extensions to ``scope["extensions"]`` (265) once
+  ``self.response`` (225) is a 101.
+* ``send_receive_event_to_app`` (289–308): for text messages of a stream with a callback, it
+  joins ``self.frames`` as uvicorn does (290–291) and calls the callback instead of queueing
+  the decoded text and pausing the reads (296–308).
+* ``send`` (432–549): before a close whose peer stopped reading (``self.writable`` clear, set
+  by ``pause_writing``, 165–175) it aborts instead of waiting (433); after a close it replaces
+  the ``close_timer`` uvicorn set to ``transport.close`` (520) with one that aborts.
+* ``keepalive_timeout`` (362–373): aborts after uvicorn's ``conn.fail(1011)`` and close.
+
+Mirrored: ``send_text_now`` is the text branch of ``send`` (496–506: ``conn.send_text``,
+``conn.data_to_send``, ``transport.write``), with its guards: ``disconnected`` (435–436),
+``close_sent`` and ``handshake_complete`` (496), and ``InvalidState`` as
+``ClientDisconnected`` (525–526).
+
+Read: ``transport``, ``conn`` (websockets' ``ServerProtocol``), ``loop``, ``scope``,
+``response``, ``handshake_complete``, ``close_sent``, ``disconnected``, ``close_timer``,
+``close_timeout``, ``writable``, ``frames``, ``curr_msg_data_type`` (set in ``__init__``,
+67–126, ``connection_made``, 128–139, and ``handle_connect``), and ``ClientDisconnected`` from
+``uvicorn/protocols/utils.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dis
+import types
+from collections.abc import Callable, Iterator
+from importlib.metadata import version
 from typing import Any, cast
 
 import uvicorn
@@ -35,12 +69,59 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.exceptions import InvalidState
 from websockets.http11 import Request
 
+from relay.errors import ConfigError
+
 SEND_TEXT = "relay.send_text"
 RECEIVE_TEXT = "relay.receive_text"
 # Unsent bytes to the caller before the stream counts as stalled: about 30 s of audio.
 MAX_UNSENT = 512 * 1024
 # Twilio's largest message is `start` with its <Parameter>s: a few KiB.
 MAX_MESSAGE = 64 * 1024
+
+
+TESTED = "uvicorn 0.54 with websockets 17"
+# What MediaStreamProtocol overrides or calls of uvicorn's protocol, and the state it reads.
+BASE_METHODS = ("handle_connect", "send", "keepalive_timeout", "send_receive_event_to_app")
+BASE_STATE = ("transport", "conn", "loop", "scope", "response", "handshake_complete",
+              "close_sent", "disconnected", "close_timer", "close_timeout", "writable", "frames",
+              "curr_msg_data_type")
+
+
+def check_uvicorn(base: type = WebSocketsSansIOProtocol) -> None:
+    """Fail at start-up, in one line, when ``base`` lacks what ``MediaStreamProtocol`` uses.
+
+    A method must be there; an attribute must be a class attribute or be assigned
+    (``self.x = …``) by one of the class's methods.
+
+    Raises:
+        ConfigError: naming what is missing, the installed versions and the tested ones.
+    """
+    missing = [name for name in BASE_METHODS if not callable(getattr(base, name, None))]
+    assigned = set(_assigned(base))
+    missing += [name for name in BASE_STATE if name not in assigned and not hasattr(base, name)]
+    if missing:
+        raise ConfigError(
+            f"relay.serving needs {', '.join(missing)} of uvicorn's {base.__name__}, which "
+            f"uvicorn {version('uvicorn')} with websockets {version('websockets')} lacks; "
+            f"it is tested with {TESTED}: pip install -e . installs those")
+
+
+def _assigned(cls: type) -> Iterator[str]:
+    """Attribute names that the methods of ``cls`` (and its bases) assign to."""
+    for klass in cls.__mro__:
+        for member in vars(klass).values():
+            code = getattr(member, "__code__", None)
+            if isinstance(code, types.CodeType):
+                yield from _stores(code)
+
+
+def _stores(code: types.CodeType) -> Iterator[str]:
+    for instruction in dis.get_instructions(code):
+        if instruction.opname == "STORE_ATTR":
+            yield instruction.argval
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _stores(const)
 
 
 class StreamStalled(ClientDisconnected):
@@ -108,7 +189,12 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
 
 def config(app: Any, *, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info",
            **overrides: Any) -> uvicorn.Config:
-    """The uvicorn configuration the relay is served with, by ``app.py`` and by the tests."""
+    """The uvicorn configuration the relay is served with, by ``app.py`` and by the tests.
+
+    Raises:
+        ConfigError: the installed uvicorn lacks what ``MediaStreamProtocol`` uses.
+    """
+    check_uvicorn()
     options: dict[str, Any] = {
         "host": host,
         "port": port,
