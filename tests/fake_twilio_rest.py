@@ -1,22 +1,28 @@
 """A fake of Twilio's REST API for calls: a real HTTP server on 127.0.0.1:0, in a thread.
 
-It answers like ``api.twilio.com`` for what outbound calls use: ``POST …/Calls.json`` (201 and a
-call resource, status ``queued``) and ``GET …/Calls/{sid}.json``, with HTTP Basic auth. It
-refuses what Twilio refuses, with Twilio's error JSON: bad credentials (20003), an invalid
-``To`` (21211) or ``From`` (21212), a ``From`` that is neither a number of the account nor a
-verified caller ID (21210), and, on a trial account, a ``To`` that is not verified (21219).
-Every request is recorded, and ``send_status`` posts a signed status callback as Twilio would.
+It answers like ``api.twilio.com`` for what the relay uses, with HTTP Basic auth:
+``POST …/Calls.json`` (201 and a call resource, status ``queued``), ``GET …/Calls/{sid}.json``
+and ``POST …/Calls/{sid}.json`` (a live call's new TwiML, or ``Status=completed``; a call it did
+not create counts as a live inbound call). It refuses what Twilio refuses, with Twilio's error
+JSON: bad credentials (20003), an invalid ``To`` (21211) or ``From`` (21212), a ``From`` that is
+neither a number of the account nor a verified caller ID (21210), on a trial account a ``To``
+that is not verified (21219), and with ``refuse`` an update of a call that is over (21220).
+``hang`` holds every request unanswered until the server stops, as a stuck connection would.
+Every request is recorded (unknown paths also in ``unexpected``), and ``send_status`` posts a
+signed status callback as Twilio would.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,10 +45,22 @@ class Recorded:
     method: str
     path: str
     form: dict[str, list[str]]
+    authorization: str = ""
+    at: float = 0.0  # monotonic time the request arrived
 
     def one(self, name: str) -> str:
         (value,) = self.form[name]
         return value
+
+    @property
+    def account_sid(self) -> str:
+        match = CREATE.match(self.path) or CALL.match(self.path)
+        return match["account"] if match else ""
+
+    @property
+    def call_sid(self) -> str:
+        match = CALL.match(self.path)
+        return match["sid"] if match else ""
 
 
 class TwilioError(Exception):
@@ -69,12 +87,16 @@ class FakeTwilioRest:
     account_sid: str = ACCOUNT_SID
     numbers: Iterable[str] = (TWILIO_NUMBER,)
     verified: Iterable[str] | None = None
+    refuse: bool = False  # answer call updates as Twilio does for a call that already ended
+    hang: bool = False  # never answer (until the server stops)
     # Statuses the call moves through, one per fetch: (status, duration in seconds or None).
     progress: list[tuple[str, int | None]] = field(default_factory=list)
     requests: list[Recorded] = field(default_factory=list, init=False)
+    unexpected: list[str] = field(default_factory=list, init=False)
     calls: dict[str, dict[str, Any]] = field(default_factory=dict, init=False)
     _server: ThreadingHTTPServer | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _release: threading.Event = field(default_factory=threading.Event, init=False)
 
     @property
     def base_url(self) -> str:
@@ -103,13 +125,31 @@ class FakeTwilioRest:
         try:
             yield self
         finally:
+            self._release.set()
             server.shutdown()
             thread.join(5)
             server.server_close()
 
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[FakeTwilioRest]:
+        """``running()``, for an ``async with`` beside other asynchronous context managers."""
+        with self.running():
+            yield self
+
     def created(self) -> list[Recorded]:
         """The recorded ``POST …/Calls.json`` requests."""
         return [r for r in self.requests if r.method == "POST" and CREATE.match(r.path)]
+
+    def updates(self) -> list[Recorded]:
+        """The recorded ``POST …/Calls/{sid}.json`` requests (transfers, hang-ups)."""
+        return [r for r in self.requests if r.method == "POST" and CALL.match(r.path)]
+
+    async def wait_for(self, count: int = 1, within: float = 3.0) -> list[Recorded]:
+        """At least ``count`` requests, within ``within`` seconds."""
+        async with asyncio.timeout(within):
+            while len(self.requests) < count:  # noqa: ASYNC110 (they arrive on the server's thread)
+                await asyncio.sleep(0.005)
+        return self.requests
 
     async def send_status(self, sid: str, event: str, status: str,
                           **extra: str) -> httpx.Response:
@@ -132,7 +172,13 @@ class FakeTwilioRest:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length).decode() if length else ""
         path = handler.path.partition("?")[0]
-        record = Recorded(handler.command, path, parse_qs(body, keep_blank_values=True))
+        record = Recorded(handler.command, path, parse_qs(body, keep_blank_values=True),
+                          handler.headers.get("Authorization", ""), time.monotonic())
+        if self.hang:
+            with self._lock:
+                self.requests.append(record)
+            self._release.wait(30)
+            return
         with self._lock:
             self.requests.append(record)
             try:
@@ -150,6 +196,7 @@ class FakeTwilioRest:
         create, call = CREATE.match(record.path), CALL.match(record.path)
         match = create or call
         if match is None:
+            self.unexpected.append(f"{record.method} {record.path}")
             raise TwilioError(404, 20404, "The requested resource was not found")
         expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
         if authorization != f"Basic {expected}" or match["account"] != self.account_sid:
@@ -159,6 +206,9 @@ class FakeTwilioRest:
             return 201, self._create(record)
         if call and record.method == "GET":
             return 200, self._fetch(call["sid"])
+        if call and record.method == "POST":
+            return 200, self._update(call["sid"], record)
+        self.unexpected.append(f"{record.method} {record.path}")
         raise TwilioError(405, 20004, "Method not allowed")
 
     def _create(self, record: Recorded) -> dict[str, Any]:
@@ -204,6 +254,23 @@ class FakeTwilioRest:
             status, duration = self.progress.pop(0)
             self.calls[sid].update(status=status,
                                    duration=None if duration is None else str(duration))
+        return self._public(sid)
+
+    def _update(self, sid: str, record: Recorded) -> dict[str, Any]:
+        if self.refuse:
+            raise TwilioError(400, 21220, "Call is not in-progress. Cannot redirect.")
+        if sid not in self.calls:  # a live inbound call
+            now = formatdate(usegmt=True)
+            self.calls[sid] = {
+                "sid": sid, "account_sid": self.account_sid, "to": "+15550002222",
+                "from": "+15550001111", "status": "in-progress", "direction": "inbound",
+                "api_version": "2010-04-01", "duration": None, "date_created": now,
+                "date_updated": now, "start_time": now, "end_time": None,
+                "uri": f"/2010-04-01/Accounts/{self.account_sid}/Calls/{sid}.json",
+            }
+        status = record.form.get("Status", [""])[-1]
+        if status in ("completed", "canceled"):
+            self.calls[sid]["status"] = status
         return self._public(sid)
 
     def _public(self, sid: str) -> dict[str, Any]:
