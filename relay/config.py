@@ -83,6 +83,8 @@ class Settings:
     agent_resume_timeout: float = 2.5  # a resume attempt, open and ready together
     agent_wait_budget: float = 7.0  # the caller's longest silence before the fallback
     agent_close_timeout: float = 3.0
+    # Each request to Twilio's REST API (a transfer, an outbound call, a poll of its status).
+    twilio_rest_timeout: float = 10.0
     hangup_timeout: float = 15.0
     max_call_seconds: float = 3600.0
     token_ttl: float = 900.0
@@ -190,8 +192,8 @@ class Settings:
         take("LOG_FORMAT", "log_format", _choice("text", "json"))
         for key in ("TOOL_TIMEOUT", "START_TIMEOUT", "AGENT_OPEN_TIMEOUT", "AGENT_READY_TIMEOUT",
                     "AGENT_RETRY_BACKOFF", "AGENT_RESUME_TIMEOUT", "AGENT_WAIT_BUDGET",
-                    "AGENT_CLOSE_TIMEOUT", "HANGUP_TIMEOUT", "MAX_CALL_SECONDS", "TOKEN_TTL",
-                    "OUTCOME_TTL", "CALL_ENDED_HOOK_TIMEOUT"):
+                    "AGENT_CLOSE_TIMEOUT", "TWILIO_REST_TIMEOUT", "HANGUP_TIMEOUT",
+                    "MAX_CALL_SECONDS", "TOKEN_TTL", "OUTCOME_TTL", "CALL_ENDED_HOOK_TIMEOUT"):
             take(key, key.lower(), _seconds)
         for key in ("AGENT_GREETING", "AGENT_RECONNECT_GREETING"):
             if key in env:  # present but empty means: listen first, no greeting

@@ -43,7 +43,6 @@ ENDED = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 MACHINE_DETECTION = {"hangup": "Enable", "message": "DetectMessageEnd"}
 MAX_MACHINE_MESSAGE = 1000
 MAX_RING_SECONDS = 600
-REST_TIMEOUT = 15.0
 HEALTH_TIMEOUT = 3.0
 
 TRIAL_ADVICE = ("a trial account only calls verified numbers: verify {to} in the Twilio console "
@@ -172,8 +171,6 @@ def rest_client(settings: Settings) -> Client:
                    if not value]
         raise CallError(f"{' and '.join(missing)} not set: copy them from the Twilio console "
                         "(Account info) into .env")
-    if isinstance(client.http_client, TwilioHttpClient):
-        client.http_client.timeout = REST_TIMEOUT
     return client
 
 

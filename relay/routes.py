@@ -77,7 +77,8 @@ class Relay:
         self.transfer: Transferrer | None = None
         if rest is not None:
             async def transfer(call_sid: str, number: str) -> None:
-                await twilio_rest.transfer(rest, call_sid, number)
+                await twilio_rest.transfer(rest, call_sid, number,
+                                           timeout=settings.twilio_rest_timeout)
             self.transfer = transfer
 
     def signed(self, conn: HTTPConnection, url: str, params: Mapping[str, Any]) -> bool:
