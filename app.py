@@ -18,12 +18,13 @@ from dotenv import load_dotenv
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, WebSocketRoute
 
-from relay import serving, workers
+from relay import log_format, serving, workers
 from relay.call_control import end_call, transfer_call
 from relay.config import Settings
 from relay.errors import ConfigError, ToolError
 from relay.local.agent import local_agent_endpoint
 from relay.local.softphone import phone_routes
+from relay.monitor import CallEndedHook
 from relay.routes import Relay
 from relay.routes import create_app as create_web_app
 from relay.tools import Registry, load_tools
@@ -45,11 +46,11 @@ def load_settings() -> Settings:
 
 
 def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    log_format.configure(settings.log_format, settings.log_level)
 
 
-def build(settings: Settings) -> Starlette:
+def build(settings: Settings, *, call_ended: CallEndedHook | None = None) -> Starlette:
+    """The app for ``settings``; ``call_ended`` is awaited with each finished call's record."""
     configure_logging(settings)
     registry = load_registry(settings)
     if settings.local_agent:
@@ -66,7 +67,8 @@ def build(settings: Settings) -> Starlette:
     if settings.phone_enabled:
         log.info("browser softphone: http://localhost:%d/phone (this machine only%s)",
                  settings.port, "; others with PHONE_PASSWORD" if settings.phone_password else "")
-    return create_web_app(settings, registry, extra_routes=partial(local_routes, settings))
+    return create_web_app(settings, registry, extra_routes=partial(local_routes, settings),
+                          call_ended=call_ended)
 
 
 def local_routes(settings: Settings, relay: Relay) -> list[BaseRoute]:

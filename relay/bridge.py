@@ -202,6 +202,7 @@ class CallBridge:
             return CallEnded(f"agent unreachable: {type(exc).__name__}: {exc}", 1011)
         self._agent = link
         link.closed.add_done_callback(self._agent_closed)
+        self.watch.agent_opened(link.closed)
         early, self._early_to_agent = self._early_to_agent, []
         for message in early:  # the session.update, when start came first
             with contextlib.suppress(CallEnded):
@@ -408,11 +409,6 @@ class CallBridge:
     def counters(self) -> CallProtocol:
         """The per-frame counters (plain integers, read by the metrics at scrape time)."""
         return self.protocol
-
-    @property
-    def agent_open(self) -> bool:
-        agent = self._agent
-        return agent is not None and not agent.closed.done()
 
     def hang_up(self, *, now: bool) -> None:
         """Hang up from outside (the calls page): after a short goodbye, or at once."""

@@ -189,7 +189,8 @@ class CallRecorder:
         self._event(now, "agent.ready")
 
     def _speech_started(self, data: Mapping[str, Any], now: float) -> None:
-        self._speaking_since = now
+        if self._speaking_since is None:  # a turn's transcript starts where its speech did
+            self._speaking_since = now
         self._speech_stopped = None
         self.activity = "listening to the caller"
         self._event(now, "caller.started")
@@ -202,7 +203,6 @@ class CallRecorder:
 
     def _speech_stopped_(self, data: Mapping[str, Any], now: float) -> None:
         self._speech_stopped = now
-        self._speaking_since = None
         self.activity = "thinking"
         self._event(now, "caller.stopped")
 
@@ -235,6 +235,7 @@ class CallRecorder:
 
     def _user_transcript(self, data: Mapping[str, Any], now: float) -> None:
         at = self._speaking_since if self._speaking_since is not None else now
+        self._speaking_since = None  # the turn is said: its start is used
         self._turn(_Turn("caller", self._text(data.get("text")), at))
 
     def _agent_transcript(self, data: Mapping[str, Any], now: float) -> None:

@@ -56,15 +56,16 @@ class LiveCall(Protocol):
     @property
     def counters(self) -> FrameCounts: ...
 
-    @property
-    def agent_open(self) -> bool: ...
-
 
 class Metrics:
-    """Every metric of the process; ``live`` gives the calls in progress at scrape time."""
+    """Every metric of the process.
 
-    def __init__(self, live: Callable[[], Collection[LiveCall]], *,
-                 process_collectors: bool = True) -> None:
+    ``live`` gives the calls in progress and ``agent_sessions`` the number of agent sockets
+    open (counted apart from the calls, so a socket left open after its call shows).
+    """
+
+    def __init__(self, live: Callable[[], Collection[LiveCall]],
+                 agent_sessions: Callable[[], int], *, process_collectors: bool = True) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: noise
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.calls = Counter("relay_calls", "Calls ended, by how they ended.", ["outcome"],
@@ -97,7 +98,7 @@ class Metrics:
                                       ["tool"], buckets=TOOL_BUCKETS, registry=registry)
         self._finished = _Totals()
         self._error_codes: set[str] = set()
-        registry.register(_LiveCollector(live, self._finished))
+        registry.register(_LiveCollector(live, agent_sessions, self._finished))
         if process_collectors:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
@@ -152,8 +153,10 @@ class _Totals:
 class _LiveCollector:
     """Gauges of the live calls and the frame counters, read when Prometheus scrapes."""
 
-    def __init__(self, live: Callable[[], Collection[LiveCall]], finished: _Totals) -> None:
+    def __init__(self, live: Callable[[], Collection[LiveCall]],
+                 agent_sessions: Callable[[], int], finished: _Totals) -> None:
         self._live = live
+        self._agent_sessions = agent_sessions
         self._finished = finished
 
     def collect(self) -> Iterator[Metric]:
@@ -164,8 +167,9 @@ class _LiveCollector:
             total.add(call.counters)
         yield GaugeMetricFamily("relay_calls_active", "Calls in progress.", value=len(calls))
         yield GaugeMetricFamily(
-            "relay_agent_sessions_open", "Agent sockets open for calls in progress.",
-            value=sum(1 for call in calls if call.agent_open))
+            "relay_agent_sessions_open",
+            "Agent sockets open: more than relay_calls_active for long means sessions (billed "
+            "by the agent's provider) outliving their calls.", value=self._agent_sessions())
         frames = CounterMetricFamily(
             "relay_frames", "Audio frames relayed, by direction.", labels=["direction"])
         frames.add_metric(["to_agent"], total.frames_to_agent)

@@ -38,9 +38,6 @@ class CallHandle(Protocol):
     @property
     def counters(self) -> FrameCounts: ...
 
-    @property
-    def agent_open(self) -> bool: ...
-
     def hang_up(self, *, now: bool) -> None: ...
 
 
@@ -57,12 +54,12 @@ class CallWatch:
     def counters(self) -> FrameCounts:
         return self.call.counters
 
-    @property
-    def agent_open(self) -> bool:
-        return self.call.agent_open
-
     def dialing(self) -> None:
         self.recorder.dialing(self._loop.time())
+
+    def agent_opened(self, closed: asyncio.Future[Any]) -> None:
+        """An agent socket opened; ``closed`` resolves when it is gone."""
+        self._monitor._agent_session_opened(closed)
 
     def started(self, *, call_sid: str, direction: str, caller: str, called: str) -> None:
         self.recorder.started(call_sid=call_sid, direction=direction, caller=caller,
@@ -150,7 +147,8 @@ class Monitor:
         self.hook_timeout = hook_timeout
         self._tool_names = tool_names
         self._live: dict[str, CallWatch] = {}
-        self.metrics = Metrics(self._live.values)
+        self._agent_sessions = 0
+        self.metrics = Metrics(self._live.values, lambda: self._agent_sessions)
         self.records = RecordLog(call_log_dir) if call_log_dir else None
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._changed = asyncio.Event()
@@ -196,6 +194,13 @@ class Monitor:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._changed.wait()
+
+    def _agent_session_opened(self, closed: asyncio.Future[Any]) -> None:
+        self._agent_sessions += 1
+        closed.add_done_callback(self._agent_session_closed)
+
+    def _agent_session_closed(self, closed: asyncio.Future[Any]) -> None:
+        self._agent_sessions -= 1
 
     def _touch(self) -> None:
         self._changed.set()

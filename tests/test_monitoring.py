@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -370,3 +371,25 @@ async def test_call_api_lists_live_and_recent_calls(make_relay, tmp_path: Path) 
         assert (await http.get("/api/calls/CAnope")).status_code == 404
         events = orjson.loads(orjson.dumps(one["events"]))
         assert events[-1]["event"] == "call.ended"
+
+
+RULES = Path(__file__).parent.parent / "monitoring"
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="needs promtool (Debian's prometheus package)")
+def test_the_shipped_alert_rules_are_valid_and_fire_on_their_series() -> None:
+    assert PROMTOOL is not None
+    for args in (["check", "rules", "relay-alerts.yml"], ["test", "rules",
+                                                          "relay-alerts.test.yml"]):
+        done = subprocess.run([PROMTOOL, *args], cwd=RULES, capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+        assert b"SUCCESS" in done.stdout
+
+
+async def test_the_alert_rules_use_metrics_the_relay_exports(make_relay, tmp_path: Path) -> None:
+    used = set(re.findall(r"\b(relay_[a-z_]+)", (RULES / "relay-alerts.yml").read_text()))
+    async with relay_with(None, make_relay, tmp_path) as (agent, relay):
+        text, _ = await scrape(relay)
+    families = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    exported = families | {f + suffix for f in families for suffix in ("_bucket", "_count")}
+    assert len(used) == 6 and used <= exported, used - exported
