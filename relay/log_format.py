@@ -29,7 +29,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _CALL_PREFIX = re.compile(r"\[((?:CA|MZ)[A-Za-z0-9]{1,64})\] ")
 # Attributes every LogRecord has: anything else was passed with ``extra=``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
-    "message", "asctime", "taskName"}
+    "message", "asctime", "taskName", "color_message"}  # uvicorn's coloured copy of the text
 
 
 class JsonFormatter(logging.Formatter):

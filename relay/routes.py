@@ -29,6 +29,7 @@ from relay.bridge import CallBridge
 from relay.call_tools import Transferrer
 from relay.calls_page import calls_routes
 from relay.config import Settings
+from relay.masking import mask_number
 from relay.monitor import CallEndedHook, Monitor
 from relay.outcome_records import answer, read_outcome
 from relay.outcomes import Outcome
@@ -126,7 +127,8 @@ class Relay:
         extra = {k: v for k, v in request.query_params.items() if k in PER_CALL_OPTIONS}
         params = self.stream_parameters(call_sid, form, extra)
         log.info("[%s] incoming call from %s to %s: connecting the stream", call_sid,
-                 params["caller"] or "unknown", params["called"] or "unknown")
+                 mask_number(params["caller"]) or "unknown",
+                 mask_number(params["called"]) or "unknown")
         return Response(twiml.connect_stream(self.settings.stream_url, params,
                                              action=self.settings.action_url),
                         media_type="text/xml")
