@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import orjson
@@ -40,7 +40,7 @@ from relay.agent_link import AgentLink, LinkClosed, Message
 from relay.call_tools import CallTools, Transferrer
 from relay.config import Settings
 from relay.errors import CallEnded, ProtocolViolation
-from relay.masking import mask_number
+from relay.masking import mask_number, mask_numbers
 from relay.monitor import Monitor
 from relay.protocol import (
     Action,
@@ -70,6 +70,8 @@ _STREAM_FAILURES = {
 }
 # Messages for the agent while its socket connects (in practice the one session.update).
 MAX_EARLY_TO_AGENT = 16
+# Admits a stream by (CallSid, verified token): False when the token already opened one.
+StreamOpener = Callable[[str, str], Awaitable[bool]]
 # What the call's recorder keeps but observers (the simulator, the softphone) are not sent.
 _RECORD_ONLY = frozenset({"speech.started", "speech.stopped", "reply.started", "reply.audio",
                           "agent.words", "agent.error", "tool.dropped"})
@@ -97,11 +99,15 @@ class CallBridge:
         purpose: str = "twilio",
         transfer: Transferrer | None = None,
         monitor: Monitor,
+        open_stream: StreamOpener | None = None,
     ) -> None:
         self._twilio = twilio_ws
         self._settings = settings
         self._tokens = tokens
         self._purpose = purpose
+        self._open_stream = open_stream
+        self.opened_call_sid: str | None = None  # set once open_stream admitted this stream
+        self._token = self._call_sid = ""
         self.protocol = CallProtocol(
             session_update=agent_messages.session_update(
                 system_prompt=settings.agent_system_prompt,
@@ -154,6 +160,7 @@ class CallBridge:
                 tg.create_task(self._watch_twilio(), name="twilio stream")
                 await self._first(self._started, self._settings.start_timeout,
                                   CallEnded("no start message from Twilio", 1008))
+                await self._open_session()
                 await self._first(connecting)
                 agent = connecting.result()
                 if isinstance(agent, CallEnded):
@@ -175,6 +182,14 @@ class CallBridge:
     async def _deadline(self) -> None:
         await asyncio.sleep(self._settings.max_call_seconds)
         raise CallEnded("maximum call duration reached")
+
+    async def _open_session(self) -> None:
+        """Admit the stream (its token opens one stream only), then send the session.update."""
+        if self._open_stream is not None:
+            if not await self._open_stream(self._call_sid, self._token):
+                raise CallEnded("stream rejected: its token already opened a stream", 1008)
+            self.opened_call_sid = self._call_sid
+        self._perform(self.protocol.open_session())  # the session.update
 
     async def _first(self, event: asyncio.Future[Any], within: float | None = None,
                      late: CallEnded | None = None) -> None:
@@ -242,8 +257,8 @@ class CallBridge:
         self.watch.started(call_sid=call.call_sid, direction=call.direction, caller=call.caller,
                            called=call.called)
         assert self._started is not None
+        self._call_sid, self._token = info.call_sid, token  # run() admits it, then opens
         self._started.set_result(None)
-        self._perform(self.protocol.open_session())  # the session.update
 
     async def _teardown(self, close_code: int, reason: str) -> None:
         self._tearing_down = True
@@ -361,7 +376,7 @@ class CallBridge:
                     self.watch.event(action.kind, action.data)
                     if action.kind in _TRANSCRIPTS and self._settings.redact_transcripts:
                         message = redact(message)
-                self.log.log(logging.getLevelName(action.level), "%s", message)
+                self.log.log(logging.getLevelName(action.level), "%s", mask_numbers(message))
                 if self._observe and action.kind and action.kind not in _RECORD_ONLY:
                     self._send_twilio({"event": "relay.log", "kind": action.kind,
                                        "text": action.message})
@@ -412,14 +427,26 @@ class CallBridge:
 
     def hang_up(self, *, now: bool) -> None:
         """Hang up from outside (the calls page): after a short goodbye, or at once."""
-        if now or not self.protocol.agent_ready or self._agent is None:
+        if now or self._agent is None:
             self._end(CallEnded(OPERATOR_HANG_UP))
             return
-        self.tools.finish_after_goodbye(EndCall(OPERATOR_HANG_UP), None)
+        self.say_goodbye_and_end(GOODBYE, OPERATOR_HANG_UP)
+
+    def say_goodbye_and_end(self, instructions: str, reason: str) -> None:
+        """Ask the agent for a short goodbye, then hang up once it is heard.
+
+        Bounded by ``HANGUP_TIMEOUT``; a call whose agent is not ready yet ends at once.
+        """
+        if self._ended is None or self._ended.done() or self._tearing_down:
+            return
+        if not self.protocol.agent_ready:
+            self._end(CallEnded(reason))
+            return
+        self.tools.finish_after_goodbye(EndCall(reason), None)
         try:
-            self._perform([ToAgent(agent_messages.reply_create(GOODBYE))])
-        except CallEnded as ended:
-            self._end(ended)
+            self._send_agent(agent_messages.reply_create(instructions))
+        except CallEnded as exc:
+            self._end(exc)
 
 
 def _is_utf8(raw: bytes) -> bool:

@@ -20,6 +20,7 @@ from twilio.base.exceptions import TwilioException
 
 from relay.config import Settings
 from relay.errors import CallEnded
+from relay.masking import MaskedLog, mask_number, mask_numbers
 from relay.protocol import Action, CallProtocol, EndCall, Finish, Log, RunTool, Transfer
 from relay.tools import CallInfo, Registry, ToolContext
 
@@ -64,7 +65,7 @@ class CallTools:
 
     async def run(self, action: RunTool) -> None:
         assert self._call is not None
-        ctx = ToolContext(call=self._call, http=self._http, log=self._log,
+        ctx = ToolContext(call=self._call, http=self._http, log=MaskedLog(self._log),
                           control=_Control(self, action.call_id))
         outcome = await self._registry.call(action.name, action.arguments, ctx,
                                             timeout=self._settings.tool_timeout)
@@ -75,7 +76,7 @@ class CallTools:
         """Hang up or transfer after the agent's next reply, with a bounded wait."""
         for log in self._protocol.finish_after_goodbye(action, call_id):
             if isinstance(log, Log):
-                self._log.log(logging.getLevelName(log.level), "%s", log.message)
+                self._log.log(logging.getLevelName(log.level), "%s", mask_numbers(log.message))
         self._spawn(self._finish_deadline(action), "hang-up deadline")
 
     async def _finish_deadline(self, action: Finish) -> None:
@@ -96,11 +97,11 @@ class CallTools:
         try:
             await self._transfer(self._call.call_sid, number)
         except (TwilioException, OSError, TimeoutError):
-            self._log.exception("transfer to %s failed; hanging up", number)
+            self._log.exception("transfer to %s failed; hanging up", mask_number(number))
             raise CallEnded("transfer failed", 1011) from None
-        self.finished_by = f"transferred to {number}"
+        self.finished_by = f"transferred to {mask_number(number)}"
         # The call now runs the <Dial>; the agent session ends now rather than at Twilio's stop.
-        raise CallEnded(f"transferred to {number}")
+        raise CallEnded(f"transferred to {mask_number(number)}")
 
     def can_transfer(self) -> bool:
         return self._transfer is not None

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from limits import parse_many
+
 from relay.errors import ConfigError
 
 DEFAULT_AGENT_WS_URL = "wss://agents.assemblyai.com/v1/ws"
@@ -27,6 +29,8 @@ DEFAULT_FALLBACK_MESSAGE = ("Sorry, our assistant is not available right now. "
 DEFAULT_GOODBYE_INSTRUCTIONS = ("The call has reached its time limit. Tell the caller, in one "
                                 "short sentence, that you have to end the call now, and say "
                                 "goodbye.")
+# Mean event-loop lag over a second above which new calls are refused (see README).
+DEFAULT_MAX_LAG_MS = 50.0
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
 ToolResultTiming = Literal["after_reply", "immediate"]
@@ -87,10 +91,18 @@ class Settings:
     twilio_rest_timeout: float = 10.0
     hangup_timeout: float = 15.0
     max_call_seconds: float = 3600.0
-    token_ttl: float = 900.0
     # How long the outcome of a call is kept for Twilio's <Connect action> request.
     outcome_ttl: float = 300.0
     call_ended_hook_timeout: float = 10.0
+    # A stream starts within seconds of its webhook: a token lives a minute, so a leaked one is
+    # soon useless and the place of a call whose stream never came is soon free again.
+    token_ttl: float = 60.0
+    # Admission at /twiml and draining (see relay.admission, relay.load, relay.draining).
+    max_concurrent_calls: int | None = None
+    agent_max_sessions: int | None = None
+    admission_max_lag_ms: float | None = DEFAULT_MAX_LAG_MS
+    caller_rate_limit: str | None = "10/minute"
+    drain_seconds: float = 300.0
 
     @property
     def local_agent(self) -> bool:
@@ -195,6 +207,11 @@ class Settings:
                     "AGENT_CLOSE_TIMEOUT", "TWILIO_REST_TIMEOUT", "HANGUP_TIMEOUT",
                     "MAX_CALL_SECONDS", "TOKEN_TTL", "OUTCOME_TTL", "CALL_ENDED_HOOK_TIMEOUT"):
             take(key, key.lower(), _seconds)
+        take("MAX_CONCURRENT_CALLS", "max_concurrent_calls", _count)
+        take("AGENT_MAX_SESSIONS", "agent_max_sessions", _count)
+        take("ADMISSION_MAX_LAG_MS", "admission_max_lag_ms", _off_or(_milliseconds))
+        take("CALLER_RATE_LIMIT", "caller_rate_limit", _off_or(_rate_limit))
+        take("DRAIN_SECONDS", "drain_seconds", _seconds)
         for key in ("AGENT_GREETING", "AGENT_RECONNECT_GREETING"):
             if key in env:  # present but empty means: listen first, no greeting
                 values[key.lower()] = get(key)
@@ -277,6 +294,39 @@ def _seconds(raw: str) -> float:
     if not value > 0:
         raise ValueError("must be a positive number of seconds")
     return value
+
+
+def _count(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def _milliseconds(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a positive number of milliseconds")
+    return value
+
+
+def _rate_limit(raw: str) -> str:
+    try:
+        items = parse_many(raw)
+    except ValueError:
+        items = []
+    if len(items) != 1:
+        raise ValueError(f"{raw!r} is not one rate limit like 10/minute")
+    return raw
+
+
+def _off_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``off`` (or ``none``) turns the limit off; anything else is parsed."""
+
+    def parse_or_off(raw: str) -> Any:
+        return None if raw.lower() in ("off", "none") else parse(raw)
+
+    return parse_or_off
 
 
 def _bool(raw: str) -> bool:

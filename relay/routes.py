@@ -1,6 +1,7 @@
 """HTTP and WebSocket routes, the lifespan and the one error boundary around each call.
 
-Routes: ``GET /healthz``, ``POST /twiml`` (Twilio's voice webhook), ``POST /call-action`` (the
+Routes: ``GET /healthz`` (liveness), ``GET /readyz`` (readiness: 503 while draining),
+``POST /twiml`` (Twilio's voice webhook), ``POST /call-action`` (the
 ``<Connect action>``: what the caller hears once the stream ends), ``POST /call-status`` (call
 status callbacks) and the ``/media`` stream; ``app.py`` adds the local agent and the softphone.
 Every webhook and every upgrade is authenticated before anything happens: Twilio signatures
@@ -25,10 +26,13 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
 from relay import twilio_rest, twiml
+from relay.admission import Admission, refusal_twiml
 from relay.bridge import CallBridge
 from relay.call_tools import Transferrer
 from relay.calls_page import calls_routes
 from relay.config import Settings
+from relay.draining import LiveCalls
+from relay.load import LagMonitor
 from relay.masking import mask_number
 from relay.monitor import CallEndedHook, Monitor
 from relay.outcome_records import answer, read_outcome
@@ -73,6 +77,9 @@ class Relay:
             call_ended=call_ended, hook_timeout=settings.call_ended_hook_timeout,
             tool_names=frozenset(registry.names()))
         self.tokens = StreamTokens(settings.relay_secret)
+        self.lag = LagMonitor()
+        self.admission = Admission(settings, self.store, lag_ms=self.lag.lag_ms)
+        self.calls = LiveCalls()
         self.http: httpx.AsyncClient | None = None
         rest = twilio_rest.make_client(settings)
         self.transfer: Transferrer | None = None
@@ -124,6 +131,12 @@ class Relay:
             message = ((request.query_params.get("amd_message") or DEFAULT_MACHINE_MESSAGE)
                        if leave_message else "")
             return Response(twiml.fallback(message, None), media_type="text/xml")
+        outbound = str(form.get("Direction", "")).startswith("outbound")
+        refusal = await self.admission.admit(call_sid, str(form.get("From", "")),
+                                             outbound=outbound)
+        if refusal is not None:
+            return Response(refusal_twiml(refusal, self.settings.fallback_number,
+                                          outbound=outbound), media_type="text/xml")
         extra = {k: v for k, v in request.query_params.items() if k in PER_CALL_OPTIONS}
         params = self.stream_parameters(call_sid, form, extra)
         log.info("[%s] incoming call from %s to %s: connecting the stream", call_sid,
@@ -183,7 +196,9 @@ class Relay:
             return
         bridge = CallBridge(ws, settings=self.settings, registry=self.registry, http=self.http,
                             tokens=self.tokens, purpose=purpose, transfer=self.transfer,
-                            monitor=self.monitor)
+                            monitor=self.monitor,
+                            open_stream=self.admission.open_stream if purpose == "twilio" else None)
+        self.calls.add(bridge)
         try:
             await bridge.run()
         except Exception:
@@ -191,9 +206,22 @@ class Relay:
             if ws.application_state is WebSocketState.CONNECTED:
                 with contextlib.suppress(Exception):
                     await ws.close(1011)
+        finally:
+            self.calls.discard(bridge)
+            if bridge.opened_call_sid is not None:
+                await self.admission.close_stream(bridge.opened_call_sid)
 
     async def healthz(self, request: Request) -> Response:
         return PlainTextResponse("ok")
+
+    async def readyz(self, request: Request) -> Response:
+        """Readiness: 503 once draining, so a load balancer sends new calls elsewhere."""
+        if self.admission.draining:
+            return PlainTextResponse("draining", status_code=503)
+        return PlainTextResponse("ready")
+
+    def start_draining(self) -> None:
+        self.admission.draining = True
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -203,9 +231,13 @@ class Relay:
             # it out of the collector's full passes, which would otherwise pause every call.
             gc.collect()
             gc.freeze()
-            async with self.monitor.running():
-                yield
-            self.http = None
+            self.lag.start()
+            try:
+                async with self.monitor.running():
+                    yield
+            finally:
+                self.lag.stop()
+                self.http = None
 
 
 def create_app(
@@ -220,6 +252,7 @@ def create_app(
     relay = Relay(settings, registry, store, call_ended)
     routes: list[BaseRoute] = [
         Route("/healthz", relay.healthz, methods=["GET"]),
+        Route("/readyz", relay.readyz, methods=["GET"]),
         Route("/twiml", relay.twiml, methods=["POST"]),
         Route("/call-action", relay.call_action, methods=["POST"]),
         Route("/call-status", relay.call_status, methods=["POST"]),

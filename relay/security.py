@@ -48,6 +48,12 @@ class StreamTokens:
         expires = int(now + ttl)
         return f"{expires}.{self._mac(call_sid, purpose, expires)}"
 
+    @staticmethod
+    def expiry(token: str) -> int | None:
+        """When ``token`` expires (Unix time), or None for a malformed token."""
+        expires_text = token.partition(".")[0]
+        return int(expires_text) if expires_text.isdigit() else None
+
     def verify(self, token: str, call_sid: str, *, now: float, purpose: str = "twilio") -> bool:
         expires_text, _, mac = token.partition(".")
         if not expires_text.isdigit() or not mac:

@@ -1,0 +1,200 @@
+"""Admission: which calls the relay takes at ``/twiml``, and which stream each token opens.
+
+A call that cannot be served well is refused at the webhook, before anything is spent. The
+checks, in order (the first that fails names the refusal):
+
+1. ``CALLER_RATE_LIMIT``: calls from one ``From`` number, counted by the ``limits`` library
+   (moving window; memory storage in this process, its Redis storage when shared). Counted first,
+   so every attempt of a caller who dials again and again counts, whatever else refuses it.
+2. Draining: a process that is shutting down takes no new call.
+3. Load: the event loop's lag over the last second (``relay.load``) above
+   ``ADMISSION_MAX_LAG_MS``: the calls already up would suffer from one more.
+4. ``MAX_CONCURRENT_CALLS``: calls this process serves, counted from the ``/twiml`` answer
+   until the stream ends; a call whose stream never comes frees its place when its token
+   expires (``TOKEN_TTL``), so a burst of webhooks cannot overshoot the cap.
+5. ``AGENT_MAX_SESSIONS``: the agent account's concurrency, as slots of the shared ``Store``
+   (every instance sharing the store shares the count), with the same lifetime.
+
+A refusal for lack of capacity (2–5) is sent to ``FALLBACK_NUMBER`` with ``<Dial>`` when it is
+set (overflow to people); a rate-limited caller always gets ``<Reject reason="busy"/>``.
+
+Stream tokens are single-use: the first stream that presents a token records its id in the
+store until the token expires, and any later stream with it is refused.
+
+``refusal_twiml`` and ``load_refusal`` are pure; ``Admission`` is the thin owner of the
+counters, the limiter and the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from twilio.twiml.voice_response import VoiceResponse
+
+from relay.config import Settings
+from relay.masking import mask_number
+from relay.outcomes import Outcome
+from relay.security import StreamTokens
+from relay.store import MemoryStore, Store
+
+log = logging.getLogger("relay.admission")
+
+AGENT_SESSIONS = "agent-sessions"  # the Store pool of the agent account's sessions
+CALLS = "calls"  # the pool of this process's calls (always in this process's memory)
+TOKEN_KEY = "stream-token:"
+CALL_KEY = "stream-call:"
+# A call's slots are renewed for its longest possible life once its stream starts: a slot a
+# crashed process left behind frees itself after that.
+SLOT_MARGIN = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a call is refused: ``reason`` for the log, ``outcome`` from the shared set."""
+
+    reason: str
+    outcome: Outcome = Outcome.REFUSED_BUSY
+
+    @property
+    def for_capacity(self) -> bool:
+        """Capacity refusals may overflow to people; a rate-limited caller never does."""
+        return self.outcome is Outcome.REFUSED_BUSY
+
+
+RATE_LIMITED = Refusal("caller rate limit (CALLER_RATE_LIMIT)", Outcome.REFUSED_RATE_LIMITED)
+DRAINING = Refusal("draining: the server is shutting down")
+MAX_CALLS = Refusal("MAX_CONCURRENT_CALLS reached")
+MAX_SESSIONS = Refusal("AGENT_MAX_SESSIONS reached")
+
+
+def load_refusal(*, draining: bool, lag_ms: float, max_lag_ms: float | None) -> Refusal | None:
+    """The refusal the process's own state gives a new call, if any (pure)."""
+    if draining:
+        return DRAINING
+    if max_lag_ms is not None and lag_ms > max_lag_ms:
+        return Refusal(f"overloaded: event loop lag {lag_ms:.0f} ms over the last second "
+                       f"(ADMISSION_MAX_LAG_MS {max_lag_ms:.0f})")
+    return None
+
+
+def refusal_twiml(refusal: Refusal, fallback_number: str | None, *,
+                  outbound: bool = False) -> str:
+    """``<Dial>`` to the fallback for a capacity refusal when one is set, else busy (pure).
+
+    An outbound call (placed by the relay) cannot be rejected once answered: it hangs up.
+    """
+    response = VoiceResponse()
+    if outbound:
+        response.hangup()
+    elif refusal.for_capacity and fallback_number:
+        response.dial(fallback_number)
+    else:
+        response.reject(reason="busy")
+    return str(response)
+
+
+def token_id(token: str) -> str:
+    """What the store keeps of a used token: a digest, never the token."""
+    return hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+class Admission:
+    """The counters, the rate limiter and the single-use tokens of one process."""
+
+    def __init__(self, settings: Settings, store: Store, *,
+                 lag_ms: Callable[[], float] = lambda: 0.0,
+                 limiter_storage: Storage | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._store = store
+        self._local: Store = MemoryStore(clock)
+        self._lag_ms = lag_ms
+        self.draining = False
+        self._rate: RateLimitItem | None = (
+            parse(settings.caller_rate_limit) if settings.caller_rate_limit else None)
+        self._limiter = MovingWindowRateLimiter(
+            limiter_storage or MemoryStorage())
+        self._caller_key = hashlib.sha256(b"relay-caller:" + settings.relay_secret.encode())
+        self._streams: dict[str, int] = {}  # CallSid -> streams open in this process
+
+    def _caller(self, number: str) -> str:
+        # The limiter's keys are digests: a shared store holds no list of who called.
+        digest = self._caller_key.copy()
+        digest.update(number.encode())
+        return digest.hexdigest()[:24]
+
+    async def admit(self, call_sid: str, caller: str, *, outbound: bool = False,
+                    ) -> Refusal | None:
+        """Take the call (holding its places until its stream ends or its token expires).
+
+        Outbound calls are the relay's own: they are not counted against their ``From``
+        (the relay's number), only against capacity.
+        """
+        refusal = await self._check(call_sid, caller, outbound)
+        if refusal is not None:
+            log.warning("[%s] call from %s refused (%s): %s", call_sid,
+                        mask_number(caller) or "unknown", refusal.outcome, refusal.reason)
+        return refusal
+
+    async def _check(self, call_sid: str, caller: str, outbound: bool) -> Refusal | None:
+        s = self._settings
+        if self._rate is not None and not outbound and not await self._limiter.hit(
+                self._rate, "caller", self._caller(caller or "unknown")):
+            return RATE_LIMITED
+        refusal = load_refusal(draining=self.draining, lag_ms=self._lag_ms(),
+                               max_lag_ms=s.admission_max_lag_ms)
+        if refusal is not None:
+            return refusal
+        ttl = s.token_ttl
+        if s.max_concurrent_calls is not None and not await self._local.acquire(
+                CALLS, call_sid, limit=s.max_concurrent_calls, ttl=ttl):
+            return MAX_CALLS
+        if s.agent_max_sessions is not None and not await self._store.acquire(
+                AGENT_SESSIONS, call_sid, limit=s.agent_max_sessions, ttl=ttl):
+            await self._local.release(CALLS, call_sid)
+            return MAX_SESSIONS
+        return None
+
+    async def open_stream(self, call_sid: str, token: str) -> bool:
+        """A stream presents ``token`` (already verified): True when it is its first use.
+
+        The token's id is kept until the token expires (and a second longer).
+        """
+        expires = StreamTokens.expiry(token)
+        ttl = max(1.0, (expires or 0) - time.time() + 1.0) if expires else self._settings.token_ttl
+        if not await self._store.put_new(TOKEN_KEY + token_id(token), call_sid, ttl):
+            log.warning("[%s] stream refused: its token already opened a stream", call_sid)
+            return False
+        s = self._settings
+        if not await self._store.put_new(CALL_KEY + call_sid, "1", s.max_call_seconds):
+            # Twilio has been reported to open a second stream during a network handover.
+            log.warning("[%s] a second stream for this CallSid (its own token)", call_sid)
+        self._streams[call_sid] = self._streams.get(call_sid, 0) + 1
+        life = s.max_call_seconds + SLOT_MARGIN
+        if s.max_concurrent_calls is not None:
+            await self._local.acquire(CALLS, call_sid, limit=1 << 30, ttl=life)
+        if s.agent_max_sessions is not None:
+            await self._store.acquire(AGENT_SESSIONS, call_sid, limit=1 << 30, ttl=life)
+        return True
+
+    async def close_stream(self, call_sid: str) -> None:
+        """A stream ``open_stream`` let in has ended: its call's places are free again."""
+        left = self._streams.get(call_sid, 0) - 1
+        if left > 0:
+            self._streams[call_sid] = left
+            return
+        self._streams.pop(call_sid, None)
+        await self._local.release(CALLS, call_sid)
+        if self._settings.agent_max_sessions is not None:
+            await self._store.release(AGENT_SESSIONS, call_sid)
+
+    async def calls(self) -> int:
+        """Calls this process holds a place for (answered, or streaming)."""
+        return await self._local.held(CALLS)
