@@ -13,14 +13,14 @@ import sys
 from functools import partial
 from pathlib import Path
 
-import uvicorn
 from dotenv import load_dotenv
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, WebSocketRoute
 
-from relay import log_format, serving, workers
+from relay import log_format, masking, serving, workers
 from relay.call_control import end_call, transfer_call
 from relay.config import Settings
+from relay.draining import DrainingServer, DrainTimes
 from relay.errors import ConfigError, ToolError
 from relay.local.agent import local_agent_endpoint
 from relay.local.softphone import phone_routes
@@ -47,6 +47,8 @@ def load_settings() -> Settings:
 
 def configure_logging(settings: Settings) -> None:
     log_format.configure(settings.log_format, settings.log_level)
+    for handler in logging.getLogger().handlers:  # numbers masked in library lines too
+        masking.install(handler)
 
 
 def build(settings: Settings, *, call_ended: CallEndedHook | None = None) -> Starlette:
@@ -93,13 +95,21 @@ def main() -> int:
             load_registry(settings)  # a broken tool stops the parent, not each worker in turn
             return serve_workers(settings)
         app = build(settings)
-        server = uvicorn.Server(serving.config(app, host=settings.host, port=settings.port,
-                                               log_level=settings.log_level.lower()))
+        config = serving.config(app, host=settings.host, port=settings.port,
+                                log_level=settings.log_level.lower())
+        server = DrainingServer(config, app.state.relay, drain_times(settings))
     except (ConfigError, ToolError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
     server.run()
-    return 0 if server.started else 1  # start-up failed
+    # 0 after a drain (SIGTERM, Ctrl-C); 1 when start-up failed or a second signal cut it short
+    return 0 if server.started and not server.forced else 1
+
+
+def drain_times(settings: Settings) -> DrainTimes:
+    # A call ended by the drain deadline says goodbye within HANGUP_TIMEOUT, then closes.
+    return DrainTimes(settings.drain_seconds,
+                      settings.hangup_timeout + settings.agent_close_timeout + 1.0)
 
 
 def serve_workers(settings: Settings) -> int:

@@ -169,13 +169,16 @@ class Admission:
         """
         expires = StreamTokens.expiry(token)
         ttl = max(1.0, (expires or 0) - time.time() + 1.0) if expires else self._settings.token_ttl
+        # Twilio has been reported to open a second stream during a network handover: both
+        # cases are logged, so the choice of refusing it can be revisited with data.
         if not await self._store.put_new(TOKEN_KEY + token_id(token), call_sid, ttl):
-            log.warning("[%s] stream refused: its token already opened a stream", call_sid)
+            log.warning("[%s] a second stream for this CallSid refused: its token already "
+                        "opened a stream", call_sid)
             return False
         s = self._settings
         if not await self._store.put_new(CALL_KEY + call_sid, "1", s.max_call_seconds):
-            # Twilio has been reported to open a second stream during a network handover.
-            log.warning("[%s] a second stream for this CallSid (its own token)", call_sid)
+            log.warning("[%s] a second stream for this CallSid let in: it has a token of its "
+                        "own (a second webhook)", call_sid)
         self._streams[call_sid] = self._streams.get(call_sid, 0) + 1
         life = s.max_call_seconds + SLOT_MARGIN
         if s.max_concurrent_calls is not None:
