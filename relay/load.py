@@ -64,9 +64,11 @@ class LagMonitor:
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
         self._reported = 0.0
+        self._since = 0.0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._since = self._loop.time()
         self._schedule()
 
     def stop(self) -> None:
@@ -90,10 +92,12 @@ class LagMonitor:
                       self.window.mean_ms(now), self.window.max_ms(now))
 
     def lag_ms(self) -> float:
-        """Mean lag over the last second (0 before the first sample, or when stopped)."""
+        """Mean lag over the last second (0 before a whole second was measured, or stopped)."""
         if self._loop is None:
             return 0.0
         now = self._loop.time()
+        if now - self._since < self.window.window:
+            return 0.0  # a mean of the first few samples is one sample's noise
         # A loop blocked right now has not run the timer: count the wait already overdue.
         overdue = (now - self._due) * 1000 if self._handle is not None else 0.0
         mean = self.window.mean_ms(now)

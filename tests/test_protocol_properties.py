@@ -16,7 +16,16 @@ from hypothesis import strategies as st
 
 from relay import agent_messages
 from relay.errors import ProtocolViolation
-from relay.protocol import CallProtocol, EndCall, Log, RunTool, ToAgent, ToTwilio, Transfer
+from relay.protocol import (
+    Authorize,
+    CallProtocol,
+    EndCall,
+    Log,
+    RunTool,
+    ToAgent,
+    ToTwilio,
+    Transfer,
+)
 
 B64 = st.sampled_from(["AAAA", "//79/A==", "f39/fw==", "", "not base64!", "AAA"])
 IDS = st.sampled_from(["r1", "r2", "greet", "c1", "c2", None, 7, ""])
@@ -99,6 +108,10 @@ class Receivers:
                 assert isinstance(action.call_id, str) and action.call_id
                 assert isinstance(action.name, str) and isinstance(action.arguments, dict)
                 self.tools.append(action.call_id)
+            elif isinstance(action, Authorize):
+                # the bridge checks the token, then opens the session
+                assert action.info is self.protocol.info and isinstance(action.info.call_sid, str)
+                self.check(self.protocol.open_session())
             else:
                 assert isinstance(action, Log | EndCall | Transfer)
 
