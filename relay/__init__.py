@@ -9,6 +9,7 @@ The map, in the order a call meets it::
       workers.py           ``WORKERS``: several processes on one socket (uvicorn's supervisor)
       routes.py            HTTP and WebSocket routes, the lifespan, one error boundary per call
       security.py          Twilio signatures and per-call stream tokens
+      netaddr.py           is this address (host, URL, client) on this machine? one answer
       twiml.py             TwiML documents (twilio's builder)
       outcome_records.py   why a stream was closed, by CallSid, for the <Connect action> answer
       bridge.py            CallBridge: the one owner of a call's sockets, tasks and timeouts

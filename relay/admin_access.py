@@ -17,38 +17,15 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import ipaddress
 from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse, Response
 
+from relay.netaddr import is_local_client
+
 REALM = 'Basic realm="relay admin", Bearer realm="relay admin"'
-FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host")
 CUSTOM_HEADER = "x-relay-request"
-
-
-def _loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def is_local(conn: HTTPConnection) -> bool:
-    """A client on this machine, talking to this server directly.
-
-    The host name check keeps out pages whose domain was made to resolve to 127.0.0.1 (DNS
-    rebinding), which could otherwise read the API from a browser on this machine.
-    """
-    peer = conn.client.host if conn.client else ""
-    if not _loopback_host(peer):
-        return False
-    if not _loopback_host(urlsplit("//" + conn.headers.get("host", "")).hostname or ""):
-        return False
-    return not any(name in conn.headers for name in FORWARDING_HEADERS)
 
 
 def presented_token(authorization: str) -> str | None:
@@ -70,7 +47,7 @@ def presented_token(authorization: str) -> str | None:
 
 
 def may_read(conn: HTTPConnection, admin_token: str | None) -> bool:
-    if is_local(conn):
+    if is_local_client(conn):
         return True
     if not admin_token:
         return False

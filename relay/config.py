@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from limits import parse_many
 
 from relay.errors import ConfigError
+from relay.netaddr import is_local_url
 
 DEFAULT_AGENT_WS_URL = "wss://agents.assemblyai.com/v1/ws"
 DEFAULT_PROMPT = (
@@ -222,8 +223,8 @@ class Settings:
             values["public_url"] = f"http://localhost:{values['port']}"
         if "phone_enabled" not in values:
             values["phone_enabled"] = "twilio_auth_token" not in values
-        public = urlsplit(values.get("public_url", "http://localhost")).hostname or ""
-        if public not in ("localhost", "127.0.0.1", "::1") and "twilio_auth_token" not in values:
+        public = values.get("public_url", "http://localhost")
+        if not is_local_url(public) and "twilio_auth_token" not in values:
             problems.append("TWILIO_AUTH_TOKEN: required when PUBLIC_URL is not local, or anyone "
                             "could open streams (webhook signatures cannot be checked without it)")
         if problems:

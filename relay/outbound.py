@@ -16,14 +16,13 @@ speaks first with this call's greeting. Status callbacks go to ``PUBLIC_URL/call
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import httpx
 from dotenv import find_dotenv, load_dotenv
@@ -34,6 +33,7 @@ from twilio.rest import Client
 from relay import twilio_rest
 from relay.config import E164, Settings
 from relay.errors import ConfigError, RelayError
+from relay.netaddr import is_local_url
 from relay.routes import MAX_PARAMETER
 
 STATUS_EVENTS = ("initiated", "ringing", "answered", "completed")
@@ -138,7 +138,7 @@ def build_call_request(
         if len(machine_message) > MAX_MACHINE_MESSAGE:
             raise CallError(f"the machine message can be at most {MAX_MACHINE_MESSAGE} characters")
         query["amd_message"] = machine_message
-    if not settings.twilio_api_base_url and _is_local(settings.public_url):
+    if not settings.twilio_api_base_url and is_local_url(settings.public_url):
         raise CallError(f"PUBLIC_URL is {settings.public_base}, which Twilio cannot reach: set it "
                         "to the relay's public https URL (e.g. your ngrok URL)")
     base = settings.public_base
@@ -295,16 +295,6 @@ def check_relay(settings: Settings, timeout: float = HEALTH_TIMEOUT) -> str | No
         return (f"{url} answered HTTP {response.status_code}: is PUBLIC_URL this relay? "
                 "The call will fail when answered if not")
     return None
-
-
-def _is_local(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _seconds(raw: str) -> float:

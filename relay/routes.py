@@ -5,14 +5,14 @@ Routes: ``GET /healthz`` (liveness), ``GET /readyz`` (readiness: 503 while drain
 ``<Connect action>``: what the caller hears once the stream ends), ``POST /call-status`` (call
 status callbacks) and the ``/media`` stream; ``app.py`` adds the local agent and the softphone.
 Every webhook and every upgrade is authenticated before anything happens: Twilio signatures
-over ``PUBLIC_URL`` when the auth token is configured, loopback clients only when it is not.
+over ``PUBLIC_URL`` when the auth token is configured, clients on this machine only
+(``relay.netaddr``) when it is not.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -35,6 +35,7 @@ from relay.draining import LiveCalls
 from relay.load import LagMonitor
 from relay.masking import mask_number
 from relay.monitor import CallEndedHook, Monitor
+from relay.netaddr import is_local_client
 from relay.outcome_records import answer, read_outcome
 from relay.outcomes import Outcome
 from relay.security import StreamTokens, is_from_twilio
@@ -52,14 +53,6 @@ PER_CALL_OPTIONS = ("greeting", "prompt", "observe")
 # Left on an answering machine by outbound calls placed with ``amd=message`` and no ``amd_message``.
 DEFAULT_MACHINE_MESSAGE = ("Hello, this is an automated call. Sorry we missed you; "
                            "we will try again later. Goodbye.")
-
-
-def is_loopback(conn: HTTPConnection) -> bool:
-    host = conn.client.host if conn.client else ""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Relay:
@@ -90,10 +83,10 @@ class Relay:
             self.transfer = transfer
 
     def signed(self, conn: HTTPConnection, url: str, params: Mapping[str, Any]) -> bool:
-        """Is this request from Twilio? Without an auth token, only loopback clients pass."""
+        """Is this request from Twilio? Without an auth token, only local clients pass."""
         token = self.settings.twilio_auth_token
         if token is None:
-            return is_loopback(conn)
+            return is_local_client(conn)
         return is_from_twilio(token, url, params, conn.headers.get("x-twilio-signature", ""))
 
     def public_url(self, request: Request) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import ipaddress
 import re
 import secrets
 import time
@@ -37,16 +36,15 @@ from starlette.websockets import WebSocket
 
 from relay.config import Settings
 from relay.local.caller import parse_next
+from relay.netaddr import is_local_client
 from relay.outcome_records import answer, read_outcome
-from relay.routes import Relay, is_loopback
+from relay.routes import Relay
 
 STATIC = Path(__file__).parent / "static"
 # The page asks for its session and opens the stream at once: a minute is plenty.
 PHONE_TOKEN_TTL = 60
 REALM = 'Basic realm="relay phone"'
 UNSAFE_IN_HOST = re.compile(r"[^A-Za-z0-9.:\[\]_-]")
-FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
-LOCAL_NAMES = ("localhost",)
 # The page loads nothing from elsewhere and may only talk to the server it came from.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self' {ws}; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -64,27 +62,6 @@ def new_sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 
 
-def _is_local_name(host_header: str) -> bool:
-    host = urlsplit("//" + host_header).hostname or ""
-    if host in LOCAL_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def is_local(conn: HTTPConnection) -> bool:
-    """A browser on this machine: loopback peer, loopback host name, no proxy in between.
-
-    The host name check keeps out pages whose own domain was made to resolve to 127.0.0.1
-    (DNS rebinding); the proxy check keeps out everyone a local tunnel or proxy forwards.
-    """
-    if not is_loopback(conn) or not _is_local_name(conn.headers.get("host", "")):
-        return False
-    return not any(name in conn.headers for name in FORWARDING_HEADERS)
-
-
 def basic_password(authorization: str) -> str | None:
     """The password of an HTTP Basic ``Authorization`` header, or None."""
     scheme, _, encoded = authorization.partition(" ")
@@ -100,7 +77,7 @@ def basic_password(authorization: str) -> str | None:
 
 def phone_access(conn: HTTPConnection, settings: Settings) -> Response | None:
     """None when this client may use the softphone, else the response refusing it."""
-    if is_local(conn):
+    if is_local_client(conn):
         return None
     expected = settings.phone_password
     if not expected:
