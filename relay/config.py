@@ -44,7 +44,7 @@ class Settings:
     port: int = 8080
     # Processes serving the one listening socket (relay/workers.py); 1: this process alone.
     workers: int = 1
-    public_url: str = "http://localhost:8080"
+    public_url: str = ""  # "": http://localhost:{port}
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = field(default=None, repr=False)
     twilio_phone_number: str | None = None
@@ -54,11 +54,12 @@ class Settings:
     agent_system_prompt: str = DEFAULT_PROMPT
     agent_greeting: str | None = DEFAULT_GREETING
     agent_voice: str = "ivy"
-    # Key for the per-call stream tokens. Defaults to TWILIO_AUTH_TOKEN, so every
-    # instance behind a load balancer verifies every other instance's tokens.
-    relay_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    # Key for the per-call stream tokens. "": TWILIO_AUTH_TOKEN, so every instance behind a
+    # load balancer verifies every other instance's tokens (else a random key of this process).
+    relay_secret: str = field(default="", repr=False)
     log_level: str = "INFO"
-    phone_enabled: bool = True
+    # None: on only without TWILIO_AUTH_TOKEN (local use); always a bool once built.
+    phone_enabled: bool | None = None
     # Lets clients other than this machine use the softphone (HTTP Basic, any user name).
     phone_password: str | None = field(default=None, repr=False)
     transfer_number: str | None = None
@@ -104,6 +105,16 @@ class Settings:
     admission_max_lag_ms: float | None = DEFAULT_MAX_LAG_MS
     caller_rate_limit: str | None = "10/minute"
     drain_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        """The defaults that follow from other settings: the one place they are decided."""
+        if not self.public_url:
+            object.__setattr__(self, "public_url", f"http://localhost:{self.port}")
+        if not self.relay_secret:
+            object.__setattr__(self, "relay_secret",
+                               self.twilio_auth_token or secrets.token_urlsafe(32))
+        if self.phone_enabled is None:
+            object.__setattr__(self, "phone_enabled", not self.twilio_auth_token)
 
     @property
     def local_agent(self) -> bool:
@@ -216,20 +227,14 @@ class Settings:
         for key in ("AGENT_GREETING", "AGENT_RECONNECT_GREETING"):
             if key in env:  # present but empty means: listen first, no greeting
                 values[key.lower()] = get(key)
-        secret = get("RELAY_SECRET") or values.get("twilio_auth_token")
-        if secret:
-            values["relay_secret"] = secret
-        if "port" in values and "public_url" not in values:
-            values["public_url"] = f"http://localhost:{values['port']}"
-        if "phone_enabled" not in values:
-            values["phone_enabled"] = "twilio_auth_token" not in values
-        public = values.get("public_url", "http://localhost")
-        if not is_local_url(public) and "twilio_auth_token" not in values:
+        take("RELAY_SECRET", "relay_secret")
+        settings = cls(**values)  # every default is the dataclass's, derived ones included
+        if not is_local_url(settings.public_url) and not settings.twilio_auth_token:
             problems.append("TWILIO_AUTH_TOKEN: required when PUBLIC_URL is not local, or anyone "
                             "could open streams (webhook signatures cannot be checked without it)")
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
-        return cls(**values)
+        return settings
 
 
 def _port(raw: str) -> int:
