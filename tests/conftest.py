@@ -1,12 +1,12 @@
-"""Fixtures: the real server on an ephemeral port, against the fake agent, over real sockets."""
+"""Fixtures: the real server on an ephemeral port, against the fake agent, over real sockets.
+
+``AUTH_TOKEN`` and ``MS`` live in ``tests.helpers`` and are re-exported here.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
-import os
-import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +22,8 @@ from relay.monitor import CallEndedHook
 from relay.routes import Relay, create_app
 from relay.tools import Registry
 from tests.fakes import KEY, FakeAgent
+from tests.helpers import AUTH_TOKEN, MS, bound_socket, run_server
 from tests.redis_server import REDIS_SERVER, RedisServer
-
-AUTH_TOKEN = "test-twilio-auth-token"
-# Scales every timeout in the tests for slow machines: RELAY_TEST_MS=3 triples them.
-MS = float(os.environ.get("RELAY_TEST_MS", "1"))
 
 
 @pytest.fixture
@@ -82,28 +79,15 @@ async def run_relay(
     **server_options: Any,
 ) -> AsyncIterator[RunningRelay]:
     """uvicorn serving the real app on 127.0.0.1:0, configured as ``app.py`` configures it."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = bound_socket()
     settings = settings_for(sock.getsockname()[1])
     # The routes app.py adds (the local agent, the softphone) unless a test names its own.
     app = create_app(settings, registry,
                      extra_routes=extra_routes or functools.partial(local_routes, settings),
                      call_ended=call_ended)
-    server = uvicorn.Server(serving.config(app, log_level="warning", lifespan="on",
-                                           **server_options))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(5):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.005)
+    config = serving.config(app, log_level="warning", lifespan="on", **server_options)
+    async with run_server(config, sock) as server:
         yield RunningRelay(settings, server)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import xml.etree.ElementTree as ET
 
 import httpx
 import orjson
@@ -28,6 +27,7 @@ from relay.outcomes import Outcome
 from relay.security import twilio_signature
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import FakeAgent
+from tests.helpers import parse, post_twiml, refused
 
 FALLBACK = "+15550009999"
 
@@ -42,10 +42,6 @@ def test_load_refusal_names_draining_first_then_lag() -> None:
     assert "35 ms" in overloaded.reason
     assert load_refusal(draining=False, lag_ms=19.9, max_lag_ms=20) is None
     assert load_refusal(draining=False, lag_ms=10_000, max_lag_ms=None) is None
-
-
-def parse(twiml: str) -> ET.Element:
-    return ET.fromstring(twiml)
 
 
 def test_capacity_refusals_overflow_to_the_fallback_and_rate_limited_callers_never_do() -> None:
@@ -86,26 +82,6 @@ def test_admission_settings_are_read_and_checked() -> None:
 
 
 # ---------------------------------------------------------------------- the real server
-
-async def post_twiml(base_url: str, *, caller: str = "+15550001111",
-                     call_sid: str | None = None) -> tuple[str, ET.Element]:
-    call_sid = call_sid or new_sid("CA")
-    params = {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": caller,
-              "To": "+15550002222", "CallStatus": "ringing", "Direction": "inbound"}
-    url = base_url + "/twiml"
-    async with httpx.AsyncClient(timeout=10) as http:
-        response = await http.post(url, data=params, headers={
-            "X-Twilio-Signature": twilio_signature(AUTH_TOKEN, url, params)})
-    response.raise_for_status()
-    return call_sid, parse(response.text)
-
-
-def refused(doc: ET.Element) -> str | None:
-    """``busy`` for ``<Reject reason="busy"/>``, ``dial:N`` for a ``<Dial>``, None if admitted."""
-    if doc.find("Connect") is not None:
-        return None
-    (verb,) = list(doc)
-    return "busy" if verb.tag == "Reject" and verb.get("reason") == "busy" else f"dial:{verb.text}"
 
 
 def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -17,11 +17,10 @@ import orjson
 import pytest
 
 from relay.local.caller import SimulatedCall
+from tests.browser import CHROMIUM, DevTools, chromium, speech_like_wav
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import AgentSession, FakeAgent
-from tests.test_monitoring import conversation, lookup_order, wait_for_records
-from tests.test_phone import CHROMIUM, DevTools, chromium, speech_like_wav
-from tests.test_tools_e2e import speak
+from tests.helpers import conversation, lookup_order, speak, wait_for_records
 
 pytestmark = pytest.mark.anyio
 

@@ -27,7 +27,7 @@ from relay.draining import ACTION_GRACE
 from relay.local.caller import SimulatedCall
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import KEY, AgentSession, FakeAgent
-from tests.test_admission import post_twiml, refused
+from tests.helpers import post_twiml, refused
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,13 +6,11 @@ import asyncio
 import base64
 import contextlib
 import math
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
-import uvicorn
 import websockets
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
@@ -25,6 +23,7 @@ from relay.local import session as local_session
 from relay.local.agent import LocalSession, Pacing, local_agent_endpoint
 from relay.local.audio import FRAME_BYTES
 from relay.local.keypad import Keypad, example_arguments, pressed_key
+from tests.helpers import bound_socket, run_server
 
 
 @pytest.fixture
@@ -393,21 +392,10 @@ async def serve(pacing: Pacing, done: asyncio.Event | None = None) -> AsyncItera
             done.set()
 
     app = Starlette(routes=[WebSocketRoute("/local-agent", tracked)])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(relay_server.config(app, lifespan="off", log_level="warning"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(5):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.005)
-        yield f"ws://127.0.0.1:{sock.getsockname()[1]}/local-agent"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 5)
-        sock.close()
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    async with run_server(relay_server.config(app, lifespan="off", log_level="warning"), sock):
+        yield f"ws://127.0.0.1:{port}/local-agent"
 
 
 async def send(ws: ClientConnection, message: dict[str, Any]) -> None:

@@ -26,21 +26,22 @@ from relay.call_control import end_call
 from relay.local.caller import SimulatedCall
 from relay.record_log import read_records
 from relay.redaction import REDACTED
-from relay.tools import tool
 from tests.conftest import AUTH_TOKEN, MS, RunningRelay
 from tests.fakes import AgentSession, FakeAgent
-from tests.test_tools_e2e import frame, reply_with_tool_call, speak
+from tests.helpers import (
+    conversation,
+    eventually,
+    frame,
+    lookup_order,
+    reply_with_tool_call,
+    speak,
+    wait_for_records,
+)
 
 pytestmark = pytest.mark.anyio
 
 PROMTOOL = shutil.which("promtool")
 CALLER = "+15550001111"
-
-
-@tool
-def lookup_order(order_id: str) -> dict[str, str]:
-    """Look up an order."""
-    raise ValueError(f"There is no order {order_id} for this phone number.")
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -64,49 +65,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return value(after, name, **labels) - value(before, name, **labels)
-
-
-async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll ``check`` (state another task or process changes) until it holds."""
-    async with asyncio.timeout(within * MS):
-        while True:
-            if check():
-                return
-            await asyncio.sleep(0.02)
-
-
-async def wait_for_records(directory: Path, count: int) -> list[dict[str, Any]]:
-    await eventually(lambda: len(read_records(directory)) >= count)
-    return read_records(directory)
-
-
-async def conversation(session: AgentSession) -> None:
-    """A greeting, a question with a tool that fails, an answer, and an answer cut short."""
-    await speak(session, "r1", 3, "Hello, how can I help?")
-    await asyncio.sleep(0.1)  # the greeting's mark comes back: the caller talks after it
-    await session.send({"type": "input.speech.started"})
-    await session.send({"type": "input.speech.stopped"})
-    await session.send({"type": "transcript.user",
-                        "text": "My card is 4111 1111 1111 1111, where is order 42? At 10:30?"})
-    await reply_with_tool_call(session, "r2", "c1", "lookup_order", arguments={"order_id": "42"})
-    await session.wait_for("tool.result")
-    await speak(session, "r3", 4, "Sorry, I cannot find order 42.", first=100)
-    # The caller asks again, and talks over the answer after about 0.3 s of it.
-    await asyncio.sleep(0.1)
-    await session.send({"type": "input.speech.started"})
-    await session.send({"type": "input.speech.stopped"})
-    await session.send({"type": "transcript.user", "text": "Write to jane@example.com"})
-    await session.send({"type": "reply.started", "reply_id": "r4"})
-    for i, (word, end_ms) in enumerate([("I", 100), ("will", 2000), ("write", 3000)]):
-        await session.send({"type": "transcript.agent.delta", "reply_id": "r4", "delta": word,
-                            "start_ms": end_ms - 100, "end_ms": end_ms})
-        await session.send({"type": "reply.audio", "reply_id": "r4", "data": frame(200 + i)})
-    await asyncio.sleep(0.3)
-    await session.send({"type": "input.speech.started"})
-    await session.send({"type": "transcript.agent", "reply_id": "r4", "text": "I will write",
-                        "interrupted": True})
-    await session.send({"type": "reply.done", "reply_id": "r4", "status": "interrupted"})
-    await session.send({"type": "input.speech.stopped"})
 
 
 @contextlib.asynccontextmanager

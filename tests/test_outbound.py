@@ -23,7 +23,7 @@ from relay.security import twilio_signature
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fake_twilio_rest import ACCOUNT_SID, TWILIO_NUMBER, FakeTwilioRest
 from tests.fakes import FakeAgent
-from tests.test_relay_e2e import frame, greet
+from tests.helpers import frame, greet
 
 CALLEE = "+15558675310"
 GREETING = "Hi Sam, this is Ada from the clinic, calling about tomorrow's appointment."

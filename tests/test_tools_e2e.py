@@ -29,17 +29,12 @@ from relay.tools import ToolContext, tool
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fake_twilio_rest import FakeTwilioRest
 from tests.fakes import AgentSession, FakeAgent
+from tests.helpers import FRAME_SECONDS, frame, reply_with_tool_call, speak
 
 pytestmark = pytest.mark.anyio
 
 ACCOUNT_SID = "AC" + "0" * 32  # what conftest's settings use
 TRANSFER_TO = "+15550009999"
-FRAME_SECONDS = 160 / 8000  # one 160-byte μ-law frame
-
-
-def frame(i: int) -> str:
-    """A distinct 160-byte μ-law frame, base64 as Twilio sends it."""
-    return base64.b64encode(i.to_bytes(4, "big") + bytes([0xFF]) * 156).decode()
 
 
 def loads(result: dict[str, Any]) -> Any:
@@ -51,23 +46,6 @@ def loads(result: dict[str, Any]) -> Any:
 def result_for(session: AgentSession, call_id: str) -> dict[str, Any]:
     (found,) = [m for m in session.of_type("tool.result") if m["call_id"] == call_id]
     return found
-
-
-async def reply_with_tool_call(session: AgentSession, reply_id: str, call_id: str, name: str,
-                               **fields: Any) -> None:
-    """A tool turn as the API sends it: ``reply.started``, ``tool.call``, ``reply.done``."""
-    await session.send({"type": "reply.started", "reply_id": reply_id})
-    await session.tool_call(call_id, name, **fields)
-    await session.send({"type": "reply.done", "reply_id": reply_id, "status": "completed"})
-
-
-async def speak(session: AgentSession, reply_id: str, frames: int, text: str, *,
-                first: int = 0) -> None:
-    await session.send({"type": "reply.started", "reply_id": reply_id})
-    for i in range(frames):
-        await session.send({"type": "reply.audio", "reply_id": reply_id, "data": frame(first + i)})
-    await session.send({"type": "transcript.agent", "reply_id": reply_id, "text": text})
-    await session.send({"type": "reply.done", "reply_id": reply_id, "status": "completed"})
 
 
 @dataclass

@@ -1,0 +1,172 @@
+"""What several test modules share: the server on port 0, audio frames, scripted agent turns,
+a signed webhook, polling. Test modules import from here (and from the fakes), never from
+each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import socket
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from relay.local.caller import new_sid
+from relay.record_log import read_records
+from relay.security import twilio_signature
+from relay.tools import tool
+from tests.fakes import AgentSession
+
+AUTH_TOKEN = "test-twilio-auth-token"
+# Scales every timeout in the tests for slow machines: RELAY_TEST_MS=3 triples them.
+MS = float(os.environ.get("RELAY_TEST_MS", "1"))
+FRAME_SECONDS = 160 / 8000  # one 160-byte μ-law frame
+
+
+# ---------------------------------------------------------------------- a server on port 0
+
+
+def bound_socket() -> socket.socket:
+    """A TCP socket bound to 127.0.0.1 on a free port (its port is known before serving)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def run_server(config: uvicorn.Config, sock: socket.socket) -> AsyncIterator[uvicorn.Server]:
+    """uvicorn serving ``config`` on ``sock`` until the block ends; the socket is closed after."""
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(5 * MS):
+            while not server.started:  # noqa: ASYNC110 (uvicorn sets a flag, not an event)
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.005)
+        yield server
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10 * MS)
+        sock.close()
+
+
+# ---------------------------------------------------------------------- audio and agent turns
+
+
+def frame(i: int) -> str:
+    """A distinct 160-byte μ-law frame, base64 as Twilio sends it."""
+    return base64.b64encode(i.to_bytes(4, "big") + bytes([0xFF]) * 156).decode()
+
+
+async def greet(session: AgentSession) -> None:
+    await session.send({"type": "reply.started", "reply_id": "greet"})
+    for i in range(3):
+        await session.send({"type": "reply.audio", "reply_id": "greet", "data": frame(900 + i)})
+    await session.send({"type": "transcript.agent", "reply_id": "greet", "text": "Hello."})
+    await session.send({"type": "reply.done", "reply_id": "greet", "status": "completed"})
+
+
+async def reply_with_tool_call(session: AgentSession, reply_id: str, call_id: str, name: str,
+                               **fields: Any) -> None:
+    """A tool turn as the API sends it: ``reply.started``, ``tool.call``, ``reply.done``."""
+    await session.send({"type": "reply.started", "reply_id": reply_id})
+    await session.tool_call(call_id, name, **fields)
+    await session.send({"type": "reply.done", "reply_id": reply_id, "status": "completed"})
+
+
+async def speak(session: AgentSession, reply_id: str, frames: int, text: str, *,
+                first: int = 0) -> None:
+    await session.send({"type": "reply.started", "reply_id": reply_id})
+    for i in range(frames):
+        await session.send({"type": "reply.audio", "reply_id": reply_id, "data": frame(first + i)})
+    await session.send({"type": "transcript.agent", "reply_id": reply_id, "text": text})
+    await session.send({"type": "reply.done", "reply_id": reply_id, "status": "completed"})
+
+
+# ---------------------------------------------------------------------- a scripted conversation
+
+
+@tool
+def lookup_order(order_id: str) -> dict[str, str]:
+    """Look up an order."""
+    raise ValueError(f"There is no order {order_id} for this phone number.")
+
+
+async def conversation(session: AgentSession) -> None:
+    """A greeting, a question with a tool that fails, an answer, and an answer cut short."""
+    await speak(session, "r1", 3, "Hello, how can I help?")
+    await asyncio.sleep(0.1)  # the greeting's mark comes back: the caller talks after it
+    await session.send({"type": "input.speech.started"})
+    await session.send({"type": "input.speech.stopped"})
+    await session.send({"type": "transcript.user",
+                        "text": "My card is 4111 1111 1111 1111, where is order 42? At 10:30?"})
+    await reply_with_tool_call(session, "r2", "c1", "lookup_order", arguments={"order_id": "42"})
+    await session.wait_for("tool.result")
+    await speak(session, "r3", 4, "Sorry, I cannot find order 42.", first=100)
+    # The caller asks again, and talks over the answer after about 0.3 s of it.
+    await asyncio.sleep(0.1)
+    await session.send({"type": "input.speech.started"})
+    await session.send({"type": "input.speech.stopped"})
+    await session.send({"type": "transcript.user", "text": "Write to jane@example.com"})
+    await session.send({"type": "reply.started", "reply_id": "r4"})
+    for i, (word, end_ms) in enumerate([("I", 100), ("will", 2000), ("write", 3000)]):
+        await session.send({"type": "transcript.agent.delta", "reply_id": "r4", "delta": word,
+                            "start_ms": end_ms - 100, "end_ms": end_ms})
+        await session.send({"type": "reply.audio", "reply_id": "r4", "data": frame(200 + i)})
+    await asyncio.sleep(0.3)
+    await session.send({"type": "input.speech.started"})
+    await session.send({"type": "transcript.agent", "reply_id": "r4", "text": "I will write",
+                        "interrupted": True})
+    await session.send({"type": "reply.done", "reply_id": "r4", "status": "interrupted"})
+    await session.send({"type": "input.speech.stopped"})
+
+
+# ---------------------------------------------------------------------- webhooks and polling
+
+
+def parse(twiml: str) -> ET.Element:
+    return ET.fromstring(twiml)
+
+
+async def post_twiml(base_url: str, *, caller: str = "+15550001111",
+                     call_sid: str | None = None) -> tuple[str, ET.Element]:
+    call_sid = call_sid or new_sid("CA")
+    params = {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": caller,
+              "To": "+15550002222", "CallStatus": "ringing", "Direction": "inbound"}
+    url = base_url + "/twiml"
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(url, data=params, headers={
+            "X-Twilio-Signature": twilio_signature(AUTH_TOKEN, url, params)})
+    response.raise_for_status()
+    return call_sid, parse(response.text)
+
+
+def refused(doc: ET.Element) -> str | None:
+    """``busy`` for ``<Reject reason="busy"/>``, ``dial:N`` for a ``<Dial>``, None if admitted."""
+    if doc.find("Connect") is not None:
+        return None
+    (verb,) = list(doc)
+    return "busy" if verb.tag == "Reject" and verb.get("reason") == "busy" else f"dial:{verb.text}"
+
+
+async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll ``check`` (state another task or process changes) until it holds."""
+    async with asyncio.timeout(within * MS):
+        while True:
+            if check():
+                return
+            await asyncio.sleep(0.02)
+
+
+async def wait_for_records(directory: Path, count: int) -> list[dict[str, Any]]:
+    await eventually(lambda: len(read_records(directory)) >= count)
+    return read_records(directory)
