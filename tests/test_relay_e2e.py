@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
 
 import httpx
@@ -15,23 +14,12 @@ from websockets.exceptions import InvalidStatus
 from relay.agent_link import AgentLink
 from relay.bridge import CallBridge
 from relay.local.caller import SimulatedCall
+from relay.security import twilio_signature
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import AgentSession, FakeAgent
+from tests.helpers import frame, greet
 
 pytestmark = pytest.mark.anyio
-
-
-def frame(i: int) -> str:
-    """A distinct 160-byte μ-law frame, base64 as Twilio sends it."""
-    return base64.b64encode(i.to_bytes(4, "big") + bytes([0xFF]) * 156).decode()
-
-
-async def greet(session: AgentSession) -> None:
-    await session.send({"type": "reply.started", "reply_id": "greet"})
-    for i in range(3):
-        await session.send({"type": "reply.audio", "reply_id": "greet", "data": frame(900 + i)})
-    await session.send({"type": "transcript.agent", "reply_id": "greet", "text": "Hello."})
-    await session.send({"type": "reply.done", "reply_id": "greet", "status": "completed"})
 
 
 async def test_audio_is_relayed_byte_for_byte_both_ways(make_relay) -> None:
@@ -200,7 +188,6 @@ async def test_forged_webhook_signature_is_rejected(make_relay) -> None:
 async def test_webhook_signature_is_checked_against_public_url_not_request_url(make_relay) -> None:
     async with FakeAgent().running() as agent, make_relay(agent) as relay:
         params = {"CallSid": "CA1", "From": "+15550001111", "To": "+15550002222"}
-        from relay.security import twilio_signature
         local = relay.base_url + "/twiml"
         public = "https://relay.example.com/twiml"
         async with httpx.AsyncClient() as http:
@@ -228,29 +215,30 @@ async def test_forged_upgrade_is_rejected_before_accept(make_relay) -> None:
 
 
 async def test_stream_without_a_valid_token_never_opens_an_agent_session(make_relay) -> None:
+    cases = ({}, {"token": "1999999999.forged"}, {"token": "not a token"})
     async with FakeAgent().running() as agent, make_relay(agent) as relay:
-        for params in ({}, {"token": "1999999999.forged"}):
-            async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
-                await call.ws.close()
-            # reuse a signed upgrade but present a forged token in start
-            from relay.security import twilio_signature
-            ws = await connect(relay.settings.stream_url, additional_headers={
-                "x-twilio-signature": twilio_signature(AUTH_TOKEN, relay.settings.stream_url, {})})
+        url = relay.settings.stream_url
+        for i, params in enumerate(cases):
+            ws = await connect(url, additional_headers={
+                "x-twilio-signature": twilio_signature(AUTH_TOKEN, url, {})})
+            # The relay dials the agent when the upgrade is accepted: wait for that socket, so
+            # a session.update sent for the forged start would reach it.
+            session = await agent.session(i, timeout=3 * MS)
             await ws.send(orjson.dumps({"event": "connected"}), text=True)
             await ws.send(orjson.dumps({"event": "start", "streamSid": "MZ1", "start": {
                 "streamSid": "MZ1", "callSid": "CA1", "customParameters": params}}), text=True)
             await asyncio.wait_for(ws.wait_closed(), 3 * MS)
             assert ws.close_code == 1008
-        await asyncio.sleep(0.05)
-        forged = [s for s in agent.sessions[1::2]]
-        assert all(s.received == [] for s in forged), "no session.update for a forged stream"
+            await asyncio.wait_for(session.closed.wait(), 3 * MS)
+            assert session.received == [], f"no session.update for a forged stream ({params})"
+            assert session.violations == []
+        assert len(agent.sessions) == len(cases)
 
 
 async def test_token_of_another_call_is_rejected(make_relay) -> None:
     async with FakeAgent().running() as agent, make_relay(agent) as relay:
         async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
             await call.ws.close()
-        from relay.security import twilio_signature
         ws = await connect(relay.settings.stream_url, additional_headers={
             "x-twilio-signature": twilio_signature(AUTH_TOKEN, relay.settings.stream_url, {})})
         await ws.send(orjson.dumps({"event": "start", "streamSid": "MZ1", "start": {
