@@ -27,6 +27,17 @@ The map, in the order a call meets it::
       redis_store.py       the same ``Store`` in Redis, shared by several instances
       fail_open.py         ``FailOpenStore``: limits and single-use checks pass while Redis fails
       errors.py            the exception tree
+      outcomes.py          how a call ended: one set of values for metrics, records, logs, report
+      monitor.py           what the process knows of its calls: live list, metrics, records, hook
+      call_record.py       one call's record, built from the protocol's events (pure)
+      record_log.py        the records' daily JSON-lines files
+      metrics.py           the Prometheus metrics (frame counters read at scrape time)
+      calls_page.py        ``/metrics``, the calls page and its JSON API (static/: the page)
+      admin_access.py      who may read them (loopback or ADMIN_TOKEN) and who may hang up
+      redaction.py         what is removed from transcripts (cards, digit runs, e-mails)
+      masking.py           phone numbers as logs and records show them: ``+1555***4567``
+      log_format.py        ``LOG_FORMAT=text|json`` for every logger, uvicorn's too
+      report.py            ``python -m relay.report``: a summary of the call records
       outbound.py          ``python -m relay.outbound +15551234567``
       simulate.py          ``python -m relay.simulate``: a call from the terminal
       local/               trying it without a phone (depends on the core, never the reverse):

@@ -158,7 +158,10 @@ class Monitor:
     async def running(self) -> AsyncIterator[None]:
         """Owns the tasks that write records and run the hook; waits for them at the end."""
         if self.records is not None:
-            recent = await asyncio.to_thread(read_records, self.records.directory, limit=RECENT)
+            records = self.records
+            with contextlib.suppress(OSError):  # a folder not made yet; written at the first call
+                await asyncio.to_thread(records.repair)
+            recent = await asyncio.to_thread(read_records, records.directory, limit=RECENT)
             self._recent.extend(recent)
         async with asyncio.TaskGroup() as tg:
             self._tg = tg

@@ -167,10 +167,23 @@ def test_a_writer_killed_mid_write_leaves_valid_json_lines(tmp_path: Path) -> No
         proc.wait(5)
         proc.stdout.close() if proc.stdout else None
     (path,) = directory.iterdir()
+    RecordLog(directory).repair()  # what start-up does (and every append, under its lock)
     lines = path.read_bytes().split(b"\n")
     assert lines[-1] == b""  # the file ends with a whole line
     numbers = [orjson.loads(line)["n"] for line in lines[:-1]]
-    assert len(numbers) > 10 and numbers == list(range(1, len(numbers) + 1))
+    assert len(numbers) > 3 and numbers == list(range(1, len(numbers) + 1))
+    RecordLog(directory).append({"n": "next"})
+    assert orjson.loads(path.read_bytes().split(b"\n")[-2]) == {"n": "next"}
+
+
+def test_a_torn_tail_is_cut_by_the_next_append(tmp_path: Path) -> None:
+    log = RecordLog(tmp_path)
+    path = log.append({"n": 1}, now=DAY)
+    with path.open("ab") as f:
+        f.write(b'{"n": 2, "transcr')  # a writer killed mid-line
+    log.append({"n": 3}, now=DAY)
+    assert [r["n"] for r in read_records(tmp_path)] == [1, 3]
+    assert path.read_bytes().count(b"\n") == 2
 
 
 # ---------------------------------------------------------------------- the report
@@ -229,3 +242,15 @@ def test_the_report_prints_tables_from_the_command_line(tmp_path: Path) -> None:
                             "1s"], capture_output=True, text=True, timeout=30,
                            cwd=Path(__file__).parent.parent)
     assert empty.stdout == "0 calls since " + empty.stdout.split("since ")[1]
+
+
+def test_the_last_records_come_from_the_newest_days(tmp_path: Path) -> None:
+    log = RecordLog(tmp_path)
+    for day in range(3):
+        for i in range(3):
+            log.append({"call_sid": f"CA{day}{i}"}, now=DAY + dt.timedelta(days=day))
+    with (tmp_path / "calls-2026-12-03.jsonl").open("ab") as f:
+        f.write(b"{not json\n")  # a line a full disk cut short
+    assert [r["call_sid"] for r in read_records(tmp_path, limit=4)] == [
+        "CA12", "CA20", "CA21", "CA22"]
+    assert len(read_records(tmp_path)) == 9
