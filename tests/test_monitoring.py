@@ -22,11 +22,12 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.call_control import end_call
+from relay.call_control import end_call, transfer_call
 from relay.local.caller import SimulatedCall
 from relay.record_log import read_records
 from relay.redaction import REDACTED
 from tests.conftest import AUTH_TOKEN, MS, RunningRelay
+from tests.fake_twilio_rest import FakeTwilioRest
 from tests.fakes import AgentSession, FakeAgent
 from tests.helpers import (
     conversation,
@@ -77,7 +78,9 @@ async def relay_with(script: Callable[[AgentSession], Awaitable[None]] | None, m
         yield agent, relay
 
 
-async def test_a_call_moves_the_metrics_and_leaves_its_record(make_relay, tmp_path: Path) -> None:
+async def test_a_call_moves_the_metrics_and_leaves_its_record(make_relay, tmp_path: Path,
+                                                              caplog) -> None:
+    caplog.set_level(logging.INFO, "relay.call")
     async with relay_with(conversation, make_relay, tmp_path) as (agent, relay):
         _, before = await scrape(relay)
         assert value(before, "relay_calls_active") == 0
@@ -113,6 +116,11 @@ async def test_a_call_moves_the_metrics_and_leaves_its_record(make_relay, tmp_pa
     assert moved(before, after, "relay_tool_seconds_count", tool="lookup_order") == 1
     assert value(after, "process_cpu_seconds_total") > 0
     assert "CA" not in text and CALLER not in text  # no CallSid, no number as a label
+
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"user: My card is {REDACTED}, where is order 42? At 10:30?" in logged
+    assert "4111" not in logged and "jane@example.com" not in logged and CALLER not in logged
+    assert "from +1555***1111 to +1555***2222" in logged
 
     (record,) = records
     assert record["schema"] == 1
@@ -351,3 +359,43 @@ async def test_the_alert_rules_use_metrics_the_relay_exports(make_relay, tmp_pat
     families = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
     exported = families | {f + suffix for f in families for suffix in ("_bucket", "_count")}
     assert len(used) == 6 and used <= exported, used - exported
+
+
+@pytest.mark.parametrize("refuse", [False, True], ids=["transferred", "transfer_failed"])
+async def test_a_transfer_is_counted_and_recorded(make_relay, tmp_path: Path,
+                                                  refuse: bool) -> None:
+    async def script(session: AgentSession) -> None:
+        await reply_with_tool_call(session, "r1", "c1", "transfer_call")
+        await session.wait_for("tool.result")
+        await speak(session, "r2", 2, "Transferring you.", first=300)
+
+    outcome = "transfer_failed" if refuse else "transferred"
+    async with FakeTwilioRest(AUTH_TOKEN, refuse=refuse).serving() as rest, \
+            relay_with(script, make_relay, tmp_path, tools=[transfer_call],
+                       twilio_api_base_url=rest.base_url,
+                       transfer_number="+15550009999") as (agent, relay):
+        _, before = await scrape(relay)
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
+            await call.wait_closed(5 * MS)
+        (record,) = await wait_for_records(tmp_path / "calls", 1)
+        _, after = await scrape(relay)
+    assert record["outcome"] == outcome
+    assert moved(before, after, "relay_calls_total", outcome=outcome) == 1
+    assert moved(before, after, "relay_tool_calls_total", tool="transfer_call", result="ok") == 1
+
+
+async def test_a_call_cut_by_the_server_shutting_down_is_recorded_as_drained(
+        make_relay, tmp_path: Path) -> None:
+    async with relay_with(None, make_relay, tmp_path) as (agent, relay):
+        call_context = SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN)
+        call = await call_context.__aenter__()
+        try:
+            session = await agent.session()
+            await session.ready.wait()
+            relay.server.should_exit = True  # uvicorn closes the streams with 1012
+            assert await call.wait_closed(10 * MS) == 1012
+        finally:
+            await call_context.__aexit__(None, None, None)
+    (record,) = read_records(tmp_path / "calls")  # written before the server finished
+    assert record["outcome"] == "drained"
+    assert record["end_reason"] == "the server is shutting down"
