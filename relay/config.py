@@ -295,24 +295,24 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-def _seconds(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError("must be a positive number of seconds")
-    return value
+def _positive(unit: str) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not value > 0:
+            raise ValueError(f"must be a positive number of {unit}")
+        return value
+
+    return parse
+
+
+_seconds = _positive("seconds")
+_milliseconds = _positive("milliseconds")
 
 
 def _count(raw: str) -> int:
     value = int(raw)
     if value < 1:
         raise ValueError("must be a whole number of at least 1")
-    return value
-
-
-def _milliseconds(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError("must be a positive number of milliseconds")
     return value
 
 

@@ -100,6 +100,14 @@ def same_origin(request: Request) -> bool:
     return urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower()
 
 
+def refuse_call_request(request: Request, settings: Settings) -> Response | None:
+    """None when the page may start or follow a call: an allowed client, from the page itself."""
+    refused = phone_access(request, settings)
+    if refused is None and not same_origin(request):
+        refused = PlainTextResponse("cross-site request refused\n", status_code=403)
+    return refused
+
+
 def stream_url(request: Request) -> str:
     """The ``/phone/media`` URL on the host the page was loaded from."""
     scheme = "wss" if request.url.scheme in ("https", "wss") else "ws"
@@ -130,11 +138,9 @@ def phone_routes(relay: Relay) -> list[BaseRoute]:
         return Route(f"/phone/{name}", serve, methods=["GET"])
 
     async def phone_session(request: Request) -> Response:
-        refused = phone_access(request, settings)
+        refused = refuse_call_request(request, settings)
         if refused is not None:
             return refused
-        if not same_origin(request):
-            return PlainTextResponse("cross-site request refused\n", status_code=403)
         call_sid, stream_sid = new_sid("CA"), new_sid("MZ")
         now = time.time()
         token = relay.tokens.mint(call_sid, now=now, ttl=PHONE_TOKEN_TTL, purpose="phone")
@@ -148,11 +154,9 @@ def phone_routes(relay: Relay) -> list[BaseRoute]:
                             headers={"Cache-Control": "no-store"})
 
     async def phone_action(request: Request) -> Response:
-        refused = phone_access(request, settings)
+        refused = refuse_call_request(request, settings)
         if refused is not None:
             return refused
-        if not same_origin(request):
-            return PlainTextResponse("cross-site request refused\n", status_code=403)
         try:
             body = await request.json()
             call_sid, token = str(body["call_sid"]), str(body["action_token"])
