@@ -49,6 +49,7 @@ _REASONS: tuple[tuple[str, Outcome], ...] = (
     ("transfer failed", Outcome.TRANSFER_FAILED),
     ("maximum call duration", Outcome.MAX_DURATION),
     ("the server is shutting down", Outcome.DRAINED),
+    ("drained", Outcome.DRAINED),
     ("hung up by an operator", Outcome.OPERATOR_HUNG_UP),
     ("stream rejected", Outcome.REFUSED_UNAUTHORIZED),
     ("no start message", Outcome.STREAM_FAILED),

@@ -128,6 +128,7 @@ class Relay:
         refusal = await self.admission.admit(call_sid, str(form.get("From", "")),
                                              outbound=outbound)
         if refusal is not None:
+            self.monitor.metrics.refused(refusal.outcome)
             return Response(refusal_twiml(refusal, self.settings.fallback_number,
                                           outbound=outbound), media_type="text/xml")
         extra = {k: v for k, v in request.query_params.items() if k in PER_CALL_OPTIONS}

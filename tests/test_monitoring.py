@@ -399,3 +399,27 @@ async def test_a_call_cut_by_the_server_shutting_down_is_recorded_as_drained(
     (record,) = read_records(tmp_path / "calls")  # written before the server finished
     assert record["outcome"] == "drained"
     assert record["end_reason"] == "the server is shutting down"
+
+
+async def test_calls_refused_at_the_webhook_are_counted_by_outcome(make_relay,
+                                                                  tmp_path: Path) -> None:
+    async with relay_with(None, make_relay, tmp_path, max_concurrent_calls=1,
+                          caller_rate_limit="2/minute") as (agent, relay):
+        _, before = await scrape(relay)
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN, caller="+15550003333"):
+            session = await agent.session()
+            await session.ready.wait()
+            # A second call while the first is up: no capacity.
+            with pytest.raises(ValueError):  # TwiML without a <Stream>: refused
+                async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN,
+                                              caller="+15550004444"):
+                    pass
+        # The first caller calls twice more within the minute: over their rate limit.
+        for _ in range(2):
+            with contextlib.suppress(ValueError):
+                async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN,
+                                              caller="+15550003333") as again:
+                    await again.hang_up()
+        _, after = await scrape(relay)
+    assert moved(before, after, "relay_calls_total", outcome="refused_busy") == 1
+    assert moved(before, after, "relay_calls_total", outcome="refused_rate_limited") == 1

@@ -115,6 +115,8 @@ def test_transcripts_are_redacted_unless_turned_off() -> None:
     ("agent connection lost (close code 1006)", Outcome.AGENT_FAILED),
     ("maximum call duration reached", Outcome.MAX_DURATION),
     ("the server is shutting down", Outcome.DRAINED),
+    ("drained: the server is shutting down", Outcome.DRAINED),
+    ("stream rejected: its token already opened a stream", Outcome.REFUSED_UNAUTHORIZED),
     ("hung up by an operator", Outcome.OPERATOR_HUNG_UP),
     ("stream rejected: missing or invalid per-call token", Outcome.REFUSED_UNAUTHORIZED),
     ("no start message from Twilio", Outcome.STREAM_FAILED),
