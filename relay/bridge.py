@@ -253,7 +253,8 @@ class CallBridge:
         )
         self.tools.started(call)
         self.log.info("call started: %s from %s to %s", call.direction,
-                      mask_number(call.caller) or "unknown", mask_number(call.called) or "unknown")
+                      mask_number(call.caller) or "unknown", mask_number(call.called) or "unknown",
+                      extra={"event": "call.started", "direction": call.direction})
         self.watch.started(call_sid=call.call_sid, direction=call.direction, caller=call.caller,
                            called=call.called)
         assert self._started is not None
@@ -288,7 +289,9 @@ class CallBridge:
         self.log.info(
             "call ended: %s after %.1f s (frames to agent %d, to caller %d, dropped before "
             "ready %d, muted %d)", self.tools.finished_by or reason, duration, p.frames_to_agent,
-            p.frames_to_caller, p.dropped_before_ready, p.dropped_muted)
+            p.frames_to_caller, p.dropped_before_ready, p.dropped_muted,
+            extra={"event": "call.ended", "outcome": str(self.watch.recorder.outcome),
+                   "duration_seconds": round(duration, 3)})
         for problem, count in self._problems.items():
             self.log.warning("bad input during call: %s (x%d)", problem, count)
 
@@ -376,7 +379,8 @@ class CallBridge:
                     self.watch.event(action.kind, action.data)
                     if action.kind in _TRANSCRIPTS and self._settings.redact_transcripts:
                         message = redact(message)
-                self.log.log(logging.getLevelName(action.level), "%s", mask_numbers(message))
+                self.log.log(logging.getLevelName(action.level), "%s", mask_numbers(message),
+                             extra={"event": action.kind} if action.kind else None)
                 if self._observe and action.kind and action.kind not in _RECORD_ONLY:
                     self._send_twilio({"event": "relay.log", "kind": action.kind,
                                        "text": action.message})

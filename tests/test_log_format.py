@@ -62,7 +62,11 @@ async def test_json_logs_every_line_of_a_real_process_including_uvicorns(tmp_pat
     call_lines = [p for p in parsed if p["logger"] == "relay.call"]
     assert call_lines and all(p.get("call_sid") == call.call_sid for p in call_lines)
     assert any(p["message"].startswith("call started: inbound from +1555***1111")
+               and p["event"] == "call.started" and p["direction"] == "inbound"
                for p in call_lines)
+    (ended,) = [p for p in call_lines if p.get("event") == "call.ended"]
+    assert ended["outcome"] == "caller_hung_up" and ended["duration_seconds"] > 0
+    assert any(p.get("event") == "agent.ready" for p in call_lines)
     assert CALLER not in relay.log() and "\\u001b" not in relay.log()
     (record,) = read_records(tmp_path / "calls")
     assert record["call_sid"] == call.call_sid and record["outcome"] == "caller_hung_up"
