@@ -53,6 +53,11 @@ def session_update(
     return {"type": "session.update", "session": session}
 
 
+def session_resume(session_id: str) -> dict[str, str]:
+    """The first message of a new link after a drop, instead of ``session.update`` (§3.2)."""
+    return {"type": "session.resume", "session_id": session_id}
+
+
 def input_audio(payload: str) -> dict[str, str]:
     return {"type": "input.audio", "audio": payload}
 

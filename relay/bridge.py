@@ -15,6 +15,17 @@ The agent socket (an ``AgentLink``) is opened as soon as Twilio's upgrade is acc
 network handshake overlaps Twilio's ``connected``/``start``; ``session.update`` is sent only
 once ``start`` carried a valid per-call token, so a forged stream never opens a session.
 
+The link is replaceable: the protocol asks for one (``OpenLink``), and the bridge opens it,
+waits for ``session.ready`` within the attempt's timeouts and reports how it went
+(``link_opened``, ``link_ready``, ``link_failed``); a ready link that closes without
+``session.ended`` is reported as ``link_lost``, and the protocol decides what comes next
+(retry, resume, a fresh session, or the fallback). A replaced link's callback is detached, so
+none of its audio still in flight reaches the caller.
+
+Before closing the stream, the bridge records the call's outcome by CallSid
+(``relay.outcome_records``): Twilio then requests the ``<Connect action>`` and plays what that
+record says (a hang-up, a ``<Dial>``, or the fallback).
+
 The audio path has no queue and no task switch: each message is handled in the
 ``data_received`` callback of the socket it arrived on (``relay.serving``'s ``receive_text``
 extension for Twilio, ``AgentLink`` for the agent) and written to the other socket at once.
@@ -26,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -33,30 +45,38 @@ from typing import Any
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
-from websockets.exceptions import InvalidHandshake
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from relay import agent_messages
 from relay.agent_link import AgentLink, LinkClosed, Message
-from relay.call_tools import CallTools, Transferrer
+from relay.call_record import outcome_for
+from relay.call_tools import CallTools
 from relay.config import Settings
 from relay.errors import CallEnded, ProtocolViolation
 from relay.masking import mask_number, mask_numbers
 from relay.monitor import Monitor
+from relay.outcome_records import record_outcome
+from relay.outcomes import Outcome
 from relay.protocol import (
     Action,
     Authorize,
     CallProtocol,
     EndCall,
+    LinkFailed,
+    LinkReady,
     Log,
+    OpenLink,
     RunTool,
     StreamInfo,
     ToAgent,
     ToTwilio,
     Transfer,
 )
+from relay.recovery import Failure, Kind, Mode, Recovery
 from relay.redaction import redact
 from relay.security import StreamTokens
 from relay.serving import RECEIVE_TEXT, SEND_TEXT, StreamStalled
+from relay.store import MemoryStore, Store
 from relay.tools import CallInfo, Registry
 
 logger = logging.getLogger("relay.call")
@@ -68,8 +88,6 @@ _STREAM_FAILURES = {
     1009: "Twilio stream failed: a message over the size limit",
     1012: "the server is shutting down",
 }
-# Messages for the agent while its socket connects (in practice the one session.update).
-MAX_EARLY_TO_AGENT = 16
 # Admits a stream by (CallSid, verified token): False when the token already opened one.
 StreamOpener = Callable[[str, str], Awaitable[bool]]
 # What the call's recorder keeps but observers (the simulator, the softphone) are not sent.
@@ -80,6 +98,14 @@ _TRANSCRIPTS = frozenset({"transcript.user", "transcript.agent"})
 GOODBYE = ("The call has to end now. Say a short, polite goodbye to the caller in one "
            "sentence, without asking anything.")
 OPERATOR_HANG_UP = "hung up by an operator"
+# What the agent is asked to say when the call reaches MAX_CALL_SECONDS.
+TIME_LIMIT_GOODBYE = ("The call has reached its time limit. Tell the caller, in one short "
+                      "sentence, that you have to end the call now, and say goodbye.")
+MAX_DURATION_REACHED = "maximum call duration reached"
+
+
+def _ignore(raw: Message) -> None:
+    """The message callback of a replaced link: what it still delivers is dropped."""
 
 
 class CallLog(logging.LoggerAdapter[logging.Logger]):
@@ -97,9 +123,9 @@ class CallBridge:
         http: Any,
         tokens: StreamTokens,
         purpose: str = "twilio",
-        transfer: Transferrer | None = None,
         monitor: Monitor,
         open_stream: StreamOpener | None = None,
+        store: Store | None = None,
     ) -> None:
         self._twilio = twilio_ws
         self._settings = settings
@@ -117,14 +143,18 @@ class CallBridge:
                 tool_timeout=settings.tool_timeout,
             ),
             tool_result_timing=settings.tool_result_timing,
+            recovery=Recovery.from_settings(settings),
+            reconnect_greeting=settings.agent_reconnect_greeting,
         )
+        self._store: Store = store if store is not None else MemoryStore()
         extensions = twilio_ws.scope["extensions"]
         self._send_twilio_now: Callable[[bytes], None] = extensions[SEND_TEXT]
         self._receive_twilio_with: Callable[[Callable[[bytes], None]], None] = (
             extensions[RECEIVE_TEXT])
         self._started: asyncio.Future[None] | None = None
-        self._early_to_agent: list[Mapping[str, Any]] = []
         self._agent: AgentLink | None = None
+        # The current attempt's wait: None once session.ready came, or why it failed.
+        self._ready_wait: asyncio.Future[Failure | None] | None = None
         self._ended: asyncio.Future[CallEnded] | None = None
         self._agent_done = asyncio.Event()  # session.ended received, or the link is gone
         self._tearing_down = False
@@ -134,7 +164,7 @@ class CallBridge:
         self._observe = False
         self.log = CallLog(logger, {"call": "connecting"})
         self.tools = CallTools(settings=settings, registry=registry, http=http,
-                               transfer=transfer, protocol=self.protocol, perform=self._perform,
+                               protocol=self.protocol, perform=self._perform,
                                spawn=self._task, log=self.log)
         self.watch = monitor.watch(self)  # the call's record, metrics and live view
 
@@ -147,6 +177,7 @@ class CallBridge:
         self._ended = finished = loop.create_future()
         self._started = loop.create_future()
         reason, code = "relay error", 1011
+        outcome: CallEnded | None = None
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -156,32 +187,32 @@ class CallBridge:
                 # Twilio's messages arrive in ``_on_twilio_message`` from now on.
                 self._receive_twilio_with(self._on_twilio_message)
                 await self._twilio.accept()
-                connecting = tg.create_task(self._connect_agent(), name="agent connect")
+                self.watch.dialing()
+                self._perform(self.protocol.begin(time.monotonic()))  # the first agent link
                 tg.create_task(self._watch_twilio(), name="twilio stream")
                 await self._first(self._started, self._settings.start_timeout,
                                   CallEnded("no start message from Twilio", 1008))
                 await self._open_session()
-                await self._first(connecting)
-                agent = connecting.result()
-                if isinstance(agent, CallEnded):
-                    raise agent  # raised only now, so an observer is told why
                 raise await finished  # both directions run in the sockets' callbacks
         except* CallEnded as group:
             ended = group.exceptions[0]
             assert isinstance(ended, CallEnded)
-            reason, code = str(ended), ended.close_code
+            reason, code, outcome = str(ended), ended.close_code, ended
         finally:
             self._tg = None
             try:
-                await self._teardown(code, self.tools.finished_by or reason)
+                await self._teardown(code, self.tools.finished_by or reason, outcome)
             finally:
-                self.watch.ended(self.tools.finished_by or reason)
+                self.watch.ended(self.tools.finished_by or reason,
+                                 outcome.outcome if outcome is not None else None)
                 self._log_end(reason, time.monotonic() - started)
         return reason
 
     async def _deadline(self) -> None:
         await asyncio.sleep(self._settings.max_call_seconds)
-        raise CallEnded("maximum call duration reached")
+        self.log.info("MAX_CALL_SECONDS (%g s) reached: asking the agent for a goodbye",
+                      self._settings.max_call_seconds)
+        self.say_goodbye_and_end(TIME_LIMIT_GOODBYE, MAX_DURATION_REACHED, Outcome.MAX_DURATION)
 
     async def _open_session(self) -> None:
         """Admit the stream (its token opens one stream only), then send the session.update."""
@@ -202,33 +233,89 @@ class CallBridge:
         if not done:
             raise late or CallEnded("timed out", 1011)
 
-    async def _connect_agent(self) -> AgentLink | CallEnded:
-        s = self._settings
-        self.watch.dialing()
+    # ------------------------------------------------------------------ the agent link
+
+    async def _attempt(self, action: OpenLink) -> None:
+        """One attempt at an agent session; its outcome goes back to the protocol."""
+        attempt = action.attempt
+        if attempt.delay:
+            await asyncio.sleep(attempt.delay)
+        failure = await self._try_link(action)
+        if failure is None:
+            return
+        if attempt.mode is Mode.FIRST:
+            assert self._started is not None
+            await self._first(self._started)  # so an observer is told why
+        self._perform(self.protocol.link_failed(failure, time.monotonic()))
+
+    async def _try_link(self, action: OpenLink) -> Failure | None:
+        """Open a link and wait for its ``session.ready``: None, or why there is none."""
+        s, attempt = self._settings, action.attempt
         try:
             link = await AgentLink.open(
                 s.agent_url,
-                headers={"Authorization": f"Bearer {s.agent_key}"},
+                headers={"Authorization": f"Bearer {action.credential or s.agent_key}"},
                 on_message=self._on_agent_message,
-                open_timeout=s.agent_open_timeout,
+                open_timeout=max(0.0, min(attempt.open_timeout,
+                                          attempt.deadline - time.monotonic())),
                 max_size=AGENT_MAX_MESSAGE,
             )
-        except (OSError, InvalidHandshake, TimeoutError) as exc:
-            return CallEnded(f"agent unreachable: {type(exc).__name__}: {exc}", 1011)
-        self._agent = link
-        link.closed.add_done_callback(self._agent_closed)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            return Failure(Kind.HTTP, f"the upgrade was answered HTTP {status}", status=status)
+        except TimeoutError:
+            return Failure(Kind.TIMEOUT, f"no handshake within {attempt.open_timeout:g} s")
+        except (OSError, InvalidHandshake) as exc:
+            return Failure(Kind.NETWORK, f"unreachable: {type(exc).__name__}: {exc}")
+        loop = asyncio.get_running_loop()
+        self._ready_wait = wait = loop.create_future()
+        self._agent, self._agent_done = link, asyncio.Event()
+        link.closed.add_done_callback(functools.partial(self._agent_closed, link))
         self.watch.agent_opened(link.closed)
-        early, self._early_to_agent = self._early_to_agent, []
-        for message in early:  # the session.update, when start came first
-            with contextlib.suppress(CallEnded):
-                self._send_agent(message)
-        return link
+        try:
+            self._perform(self.protocol.link_opened())
+            if attempt.mode is Mode.FIRST:  # the session.update goes once start checked out
+                assert self._started is not None
+                await self._first(self._started)
+            left = max(0.0, min(attempt.ready_timeout, attempt.deadline - time.monotonic()))
+            failure: Failure | None = Failure(
+                Kind.TIMEOUT, f"no session.ready within {left:.1f} s")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    failure = await asyncio.shield(wait)
+            if failure is None:
+                return None
+        finally:
+            self._ready_wait = None
+        self._drop_link(link)
+        return failure
 
-    def _agent_closed(self, closed: asyncio.Future[LinkClosed]) -> None:
+    def _drop_link(self, link: AgentLink) -> None:
+        """Let go of a failed link: nothing it still sends reaches the call."""
+        link.on_message = _ignore
+        if self._agent is link:
+            self._agent = None
+        link.abort()
+
+    def _agent_closed(self, link: AgentLink, closed: asyncio.Future[LinkClosed]) -> None:
+        if link is not self._agent:
+            return  # a link already replaced or let go
         self._agent_done.set()
-        if closed.cancelled():  # teardown was cancelled while closing: the call is over
+        if closed.cancelled() or self._tearing_down:  # the call is over
             return
-        self._end(_agent_gone(closed.result()))
+        result = closed.result()
+        wait = self._ready_wait
+        if wait is not None and not wait.done():  # its attempt reports it
+            wait.set_result(Failure(Kind.CLOSED, str(result), close_code=result.code))
+            return
+        if self.protocol.ended:
+            self._end(CallEnded("agent ended the session", 1000, Outcome.AGENT_ENDED))
+            return
+        self._drop_link(link)  # a drop: keep the caller and get the session back
+        try:
+            self._perform(self.protocol.link_lost(str(result), time.monotonic()))
+        except CallEnded as ended:
+            self._end(ended)
 
     def _end(self, ended: CallEnded) -> None:
         """Finish the call from a callback (the first reason wins)."""
@@ -261,7 +348,7 @@ class CallBridge:
         self._call_sid, self._token = info.call_sid, token  # run() admits it, then opens
         self._started.set_result(None)
 
-    async def _teardown(self, close_code: int, reason: str) -> None:
+    async def _teardown(self, close_code: int, reason: str, ended: CallEnded | None) -> None:
         self._tearing_down = True
         agent, self._agent = self._agent, None
         timeout = self._settings.agent_close_timeout
@@ -278,11 +365,28 @@ class CallBridge:
         ws = self._twilio
         if (ws.client_state is WebSocketState.CONNECTED
                 and ws.application_state is WebSocketState.CONNECTED):
+            await self._record(ended)  # before the close: Twilio asks for it right after
             with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
                 if self._observe:
                     self._send_twilio_now(orjson.dumps(
                         {"event": "relay.log", "kind": "call.end", "text": reason}))
                 await ws.close(close_code)
+
+    async def _record(self, ended: CallEnded | None) -> None:
+        """Write the outcome the ``<Connect action>`` answers; without one, the fallback."""
+        if not self._call_sid or (self._open_stream is not None and not self.opened_call_sid):
+            return  # not a call this stream may speak for (unauthorized, or a second stream)
+        outcome = ended.outcome if ended is not None else None
+        if outcome is None:
+            outcome = outcome_for(str(ended) if ended is not None else "relay error")
+        try:
+            async with asyncio.timeout(self._settings.agent_close_timeout):
+                await record_outcome(self._store, self._call_sid, outcome,
+                                     ttl=self._settings.outcome_ttl,
+                                     number=ended.number if ended is not None else None)
+        except Exception:  # the store failed: the action falls back, which is safe
+            self.log.exception("could not record the call's outcome (%s); the caller will "
+                               "hear the fallback", outcome)
 
     def _log_end(self, reason: str, duration: float) -> None:
         p = self.protocol
@@ -387,7 +491,16 @@ class CallBridge:
             elif isinstance(action, RunTool):
                 self._task(self.tools.run(action), f"tool {action.name}")
             elif isinstance(action, EndCall):
-                raise CallEnded(action.reason, action.code)
+                raise CallEnded(action.reason, action.code, action.outcome)
+            elif isinstance(action, OpenLink):
+                self._task(self._attempt(action), f"agent link ({action.attempt.mode})")
+            elif isinstance(action, LinkReady):
+                if self._ready_wait is not None and not self._ready_wait.done():
+                    self._ready_wait.set_result(None)
+                self._perform(self.protocol.link_ready(time.monotonic()))
+            elif isinstance(action, LinkFailed):
+                if self._ready_wait is not None and not self._ready_wait.done():
+                    self._ready_wait.set_result(action.failure)
             elif isinstance(action, Transfer):
                 self._task(self.tools.transfer(action.number), "transfer")
             elif isinstance(action, Authorize):
@@ -406,13 +519,11 @@ class CallBridge:
     def _send_agent(self, message: Mapping[str, Any]) -> None:
         agent = self._agent
         if agent is None:
-            if not self._tearing_down and len(self._early_to_agent) < MAX_EARLY_TO_AGENT:
-                self._early_to_agent.append(message)  # sent once the socket is connected
-            return
-        try:
+            return  # no link: the protocol sends nothing but what a new link needs
+        # A closed link is reported once, by its ``closed`` callback (a drop or a failed
+        # attempt); what could not be sent on it is lost with it.
+        with contextlib.suppress(LinkClosed):
             agent.send(orjson.dumps(message))
-        except LinkClosed as exc:
-            raise _agent_gone(exc) from None
 
     def _send_twilio(self, message: Mapping[str, Any]) -> None:
         try:
@@ -432,25 +543,27 @@ class CallBridge:
     def hang_up(self, *, now: bool) -> None:
         """Hang up from outside (the calls page): after a short goodbye, or at once."""
         if now or self._agent is None:
-            self._end(CallEnded(OPERATOR_HANG_UP))
+            self._end(CallEnded(OPERATOR_HANG_UP, 1000, Outcome.OPERATOR_HUNG_UP))
             return
-        self.say_goodbye_and_end(GOODBYE, OPERATOR_HANG_UP)
+        self.say_goodbye_and_end(GOODBYE, OPERATOR_HANG_UP, Outcome.OPERATOR_HUNG_UP)
 
-    def say_goodbye_and_end(self, instructions: str, reason: str) -> None:
+    def say_goodbye_and_end(self, instructions: str, reason: str,
+                            outcome: Outcome | None = None) -> None:
         """Ask the agent for a short goodbye, then hang up once it is heard.
 
-        Bounded by ``HANGUP_TIMEOUT``; a call whose agent is not ready yet ends at once.
+        The one way the relay itself ends a call politely (the time limit, an operator's
+        hang-up, a draining process). Bounded by ``HANGUP_TIMEOUT``; a call whose agent is
+        not ready ends at once. ``outcome``: what the call ends as (default: from ``reason``).
         """
         if self._ended is None or self._ended.done() or self._tearing_down:
             return
+        if outcome is None:
+            outcome = outcome_for(reason)
         if not self.protocol.agent_ready:
-            self._end(CallEnded(reason))
+            self._end(CallEnded(reason, 1000, outcome))
             return
-        self.tools.finish_after_goodbye(EndCall(reason), None)
-        try:
-            self._send_agent(agent_messages.reply_create(instructions))
-        except CallEnded as exc:
-            self._end(exc)
+        self.tools.finish_after_goodbye(EndCall(reason, outcome=outcome), None)
+        self._send_agent(agent_messages.reply_create(instructions))
 
 
 def _is_utf8(raw: bytes) -> bool:
@@ -460,6 +573,3 @@ def _is_utf8(raw: bytes) -> bool:
         return False
     return True
 
-
-def _agent_gone(closed: LinkClosed) -> CallEnded:
-    return CallEnded(str(closed), 1000 if closed.clean else 1011)

@@ -4,8 +4,9 @@
 and through the bridge's ``perform``. A tool call runs under ``TOOL_TIMEOUT`` and its outcome
 goes back through the protocol, which decides when the agent gets it. What a tool may do to
 its call (``ToolContext.control``: hang up, transfer) waits for the agent's goodbye
-(``relay.goodbye``), at most ``HANGUP_TIMEOUT``. A transfer is one REST request to Twilio, made
-once, after which the call ends: the caller is now ringing the number.
+(``relay.goodbye``), at most ``HANGUP_TIMEOUT``. A transfer needs no REST credentials: the call
+ends with the outcome ``transferred`` and the number, recorded before the stream is closed, and
+Twilio's ``<Connect action>`` request is answered with ``<Dial>`` to it.
 """
 
 from __future__ import annotations
@@ -13,19 +14,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
-
-from twilio.base.exceptions import TwilioException
 
 from relay.config import Settings
 from relay.errors import CallEnded
 from relay.masking import MaskedLog, mask_number, mask_numbers
+from relay.outcomes import Outcome
 from relay.protocol import Action, CallProtocol, EndCall, Finish, Log, RunTool, Transfer
 from relay.tools import CallInfo, Registry, ToolContext
-
-# Transfers a call to a number through Twilio's REST API; set when credentials are configured.
-Transferrer = Callable[[str, str], Awaitable[None]]
 
 
 class CallTools:
@@ -37,7 +34,6 @@ class CallTools:
         settings: Settings,
         registry: Registry,
         http: Any,
-        transfer: Transferrer | None,
         protocol: CallProtocol,
         perform: Callable[[list[Action]], None],
         spawn: Callable[[Coroutine[Any, Any, None], str], None],
@@ -46,7 +42,6 @@ class CallTools:
         self._settings = settings
         self._registry = registry
         self._http = http
-        self._transfer = transfer
         self._protocol = protocol
         self._perform = perform
         self._spawn = spawn
@@ -85,26 +80,19 @@ class CallTools:
         self._perform([action])
 
     async def transfer(self, number: str) -> None:
-        """Redirect the call to ``number``, then end it.
+        """Hand the call to ``number``: end the stream; the ``<Connect action>`` dials it.
 
         Raises:
-            CallEnded: always, once the transfer is made or has failed.
+            CallEnded: always (once: the goodbye's mark and the deadline may both get here).
         """
-        assert self._transfer is not None and self._call is not None
         if self._transferring:
-            return  # the goodbye's mark and the deadline may both get here: transfer once
+            return
         self._transferring = True
-        try:
-            await self._transfer(self._call.call_sid, number)
-        except (TwilioException, OSError, TimeoutError):
-            self._log.exception("transfer to %s failed; hanging up", mask_number(number))
-            raise CallEnded("transfer failed", 1011) from None
         self.finished_by = f"transferred to {mask_number(number)}"
-        # The call now runs the <Dial>; the agent session ends now rather than at Twilio's stop.
-        raise CallEnded(f"transferred to {mask_number(number)}")
+        raise CallEnded(self.finished_by, 1000, Outcome.TRANSFERRED, number)
 
     def can_transfer(self) -> bool:
-        return self._transfer is not None
+        return self._settings.transfers_enabled
 
 
 class _Control:
@@ -122,12 +110,13 @@ class _Control:
             tools._loop.call_soon_threadsafe(tools.finish_after_goodbye, action, self._call_id)
 
     def end_call(self, reason: str = "") -> None:
-        self._schedule(EndCall(f"agent ended the call{': ' + reason if reason else ''}"))
+        self._schedule(EndCall(f"agent ended the call{': ' + reason if reason else ''}",
+                               outcome=Outcome.COMPLETED))
 
     def transfer(self, number: str | None = None) -> str:
         s = self._tools._settings
         if not self._tools.can_transfer():
-            raise ValueError("Transfers are not available: Twilio credentials are not configured.")
+            raise ValueError("Transfers are not available: no TRANSFER_NUMBER is configured.")
         target = number or s.transfer_number
         if target is None:
             raise ValueError("No transfer number is configured.")

@@ -27,9 +27,6 @@ DEFAULT_GREETING = "Hi, thanks for calling. How can I help?"
 DEFAULT_RECONNECT_GREETING = "Sorry, I lost you for a second. Could you say that again?"
 DEFAULT_FALLBACK_MESSAGE = ("Sorry, our assistant is not available right now. "
                             "Please try again later.")
-DEFAULT_GOODBYE_INSTRUCTIONS = ("The call has reached its time limit. Tell the caller, in one "
-                                "short sentence, that you have to end the call now, and say "
-                                "goodbye.")
 # Mean event-loop lag over a second above which new calls are refused (see README).
 DEFAULT_MAX_LAG_MS = 50.0
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -123,9 +120,8 @@ class Settings:
 
     @property
     def transfers_enabled(self) -> bool:
-        """A transfer can happen: a number to transfer to, and REST credentials to do it."""
-        return bool(self.transfer_number or self.transfer_allowed) and bool(
-            self.twilio_account_sid and self.twilio_auth_token)
+        """A transfer can happen: a number to transfer to (the ``<Connect action>`` dials it)."""
+        return bool(self.transfer_number or self.transfer_allowed)
 
     @property
     def action_url(self) -> str:

@@ -11,6 +11,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from relay.outcomes import Outcome
+
 
 class RelayError(Exception):
     pass
@@ -33,8 +38,15 @@ class StoreUnavailable(RelayError):
 
 
 class CallEnded(Exception):
-    """A peer or the relay finished the call; the message is the reason."""
+    """A peer or the relay finished the call; the message is the reason.
 
-    def __init__(self, reason: str, close_code: int = 1000) -> None:
+    ``outcome`` (a ``relay.outcomes.Outcome``) is what the ``<Connect action>`` answers once the
+    stream is closed (None: the fallback); ``number`` the ``<Dial>`` target of a transfer.
+    """
+
+    def __init__(self, reason: str, close_code: int = 1000, outcome: Outcome | None = None,
+                 number: str | None = None) -> None:
         super().__init__(reason)
         self.close_code = close_code
+        self.outcome = outcome
+        self.number = number

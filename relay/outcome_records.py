@@ -22,7 +22,7 @@ from relay.store import Store
 KEY_PREFIX = "outcome:"
 # Outcomes whose action answer is a plain hang-up: the call was over on purpose.
 HANG_UP = frozenset({Outcome.COMPLETED, Outcome.AGENT_ENDED, Outcome.MAX_DURATION,
-                     Outcome.CALLER_HUNG_UP, Outcome.DRAINED})
+                     Outcome.CALLER_HUNG_UP, Outcome.DRAINED, Outcome.OPERATOR_HUNG_UP})
 
 
 @dataclass(frozen=True, slots=True)

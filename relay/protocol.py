@@ -25,6 +25,13 @@ actions in order. Everything that decides *what* happens on a call lives here:
 * A requested hang-up or transfer waits for the agent's next reply (the goodbye) to be heard:
   a ``hangup`` mark follows it, and the echo of that mark finishes the call (the stages of that
   wait are ``relay.goodbye``'s).
+* The agent link is replaceable. ``begin`` asks for the first link (``OpenLink``); the owner
+  reports ``link_opened``, ``link_failed`` (an attempt that never got ``session.ready``),
+  ``link_lost`` (a ready link that dropped without ``session.ended``) and ``link_ready``, and
+  ``relay.recovery`` decides: retry, resume, a fresh session, or the fallback (an ``EndCall``
+  with outcome ``agent_failed``). A drop cuts what was playing (``clear``), drops caller audio
+  until the next ``session.ready``, holds tool results for a resumed session and drops them
+  for a fresh one, which greets with the reconnect greeting instead of the first one.
 
 Malformed input raises ``ProtocolViolation``; the bridge logs it and drops that message. Unknown
 events are reported once per type and otherwise ignored.
@@ -44,6 +51,8 @@ from relay import agent_messages as agent
 from relay import twilio_messages as twilio
 from relay.errors import ProtocolViolation
 from relay.goodbye import HANGUP_MARK, Goodbye
+from relay.outcomes import Outcome
+from relay.recovery import Attempt, Failure, GiveUp, Kind, Mode, Recovery
 
 MAX_MUTED_REPLIES = 16
 MAX_PENDING_MARKS = 256
@@ -71,6 +80,28 @@ class RunTool:
 class EndCall:
     reason: str
     code: int = 1000  # the close code for the Twilio stream: 1011 when something failed
+    outcome: Outcome | None = None  # what the <Connect action> answers (None: the fallback)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenLink:
+    """Open an agent link for ``attempt``; report ``link_opened``, then ``LinkReady`` or
+    ``link_failed``. ``credential``: the resume token to authenticate with (None: the key)."""
+
+    attempt: Attempt
+    credential: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkReady:
+    """``session.ready`` arrived on the current link: the owner calls ``link_ready(now)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFailed:
+    """The current attempt failed before ``session.ready`` (a ``session.error``)."""
+
+    failure: Failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +140,8 @@ class Authorize:
     info: StreamInfo
 
 
-Action = ToTwilio | ToAgent | RunTool | EndCall | Transfer | Log | Authorize
+Action = (ToTwilio | ToAgent | RunTool | EndCall | Transfer | Log | Authorize | OpenLink
+          | LinkReady | LinkFailed)
 Finish = EndCall | Transfer
 
 
@@ -120,9 +152,15 @@ def is_base64(text: str) -> bool:
 class CallProtocol:
     """Sans-I/O state of one call."""
 
-    def __init__(self, *, session_update: dict[str, Any], tool_result_timing: str = "after_reply"):
+    def __init__(self, *, session_update: dict[str, Any], tool_result_timing: str = "after_reply",
+                 recovery: Recovery | None = None, reconnect_greeting: str | None = None):
         self._session_update = session_update
         self._immediate_results = tool_result_timing == "immediate"
+        self.recovery = recovery or Recovery.with_defaults()
+        self._reconnect_greeting = reconnect_greeting
+        self.link_up = False  # the current link is open: its first message can be sent
+        self._lost_session: str | None = None  # the session a drop is trying to get back
+        self._orphaned: set[str] = set()  # tool calls of a session a fresh one replaced
         self.info: StreamInfo | None = None
         self.agent_ready = False
         self.session_id: str | None = None
@@ -186,7 +224,7 @@ class CallProtocol:
         if event == "dtmf":
             return self._dtmf(msg)
         if event == "stop":
-            return [EndCall("caller hung up")]
+            return [EndCall("caller hung up", 1000, Outcome.CALLER_HUNG_UP)]
         if event == "connected":
             return []
         return self._unknown("Twilio", event)
@@ -213,22 +251,112 @@ class CallProtocol:
         return [Authorize(self.info)]
 
     def open_session(self) -> list[Action]:
-        """The stream's token checked out: open the agent session."""
+        """The stream's token checked out: open the agent session (once a link is up)."""
         assert self.info is not None, "open_session before start"
         self.session_open = True
-        return [ToAgent(self._opening(self.info.parameters))]
+        return [ToAgent(self._opening(self.info.parameters))] if self.link_up else []
 
-    def _opening(self, params: Mapping[str, str]) -> dict[str, Any]:
-        """The ``session.update``, with this call's own greeting and prompt if it has them."""
+    def _opening(self, params: Mapping[str, str], *, fresh: bool = False) -> dict[str, Any]:
+        """The ``session.update``, with this call's own greeting and prompt if it has them.
+
+        ``fresh``: a session replacing a lost one greets with the reconnect greeting.
+        """
         greeting, prompt = params.get("greeting"), params.get("prompt")
-        if not (greeting or prompt):
+        if not (greeting or prompt or fresh):
             return self._session_update
         session = dict(self._session_update["session"])
+        if fresh:
+            greeting = self._reconnect_greeting
+            session.pop("greeting", None)
         if greeting:
             session["greeting"] = greeting
         if prompt:
             session["system_prompt"] = prompt
         return {**self._session_update, "session": session}
+
+    # ------------------------------------------------------------------ the agent link
+
+    def begin(self, now: float) -> list[Action]:
+        """The stream was accepted: get the call's first agent session."""
+        return [OpenLink(self.recovery.begin(Mode.FIRST, now))]
+
+    def link_opened(self) -> list[Action]:
+        """The current attempt's link is open: send its first message when it can go."""
+        self.link_up = True
+        attempt = self.recovery.current
+        mode = attempt.mode if attempt is not None else Mode.FIRST
+        if mode is Mode.RESUME:
+            return [ToAgent(agent.session_resume(self._lost_session or ""))]
+        if not self.session_open or self.info is None:
+            return []  # the first session.update waits for start (open_session)
+        return [ToAgent(self._opening(self.info.parameters, fresh=mode is Mode.FRESH))]
+
+    def link_failed(self, failure: Failure, now: float) -> list[Action]:
+        """The current attempt ended without ``session.ready``: the next one, or the fallback."""
+        self.link_up = False
+        step = self.recovery.failed(failure, now, session_id=self._lost_session)
+        log = Log(step.text, step.level, kind="agent.fault")
+        if isinstance(step.next, GiveUp):
+            return [log, EndCall(f"agent failed: {step.next.reason}", 1011,
+                                 Outcome.AGENT_FAILED)]
+        return [log, OpenLink(step.next, self._credential(step.next))]
+
+    def link_lost(self, why: str, now: float) -> list[Action]:
+        """The ready link dropped without ``session.ended``: keep the caller, get it back.
+
+        What was playing is cut (``clear``) and stays muted; caller audio is dropped until the
+        next ``session.ready``; tool results are held until then.
+        """
+        self.link_up = False
+        self.agent_ready = False
+        actions: list[Action] = []
+        if self._current_reply is not None or self._marks:
+            actions += self._clear()
+        if self._current_reply is not None:
+            self._mute(self._current_reply)
+        self._current_reply = None
+        self._settled = False
+        self._lost_session = self.session_id
+        mode = Mode.RESUME if self.session_id else Mode.FRESH
+        attempt = self.recovery.begin(mode, now)
+        then = "resuming it" if mode is Mode.RESUME else "opening a fresh session"
+        actions.insert(0, Log(f"agent link lost: {why}; session {self.session_id or '-'}: {then}",
+                              kind="agent.fault"))
+        actions.append(OpenLink(attempt, self._credential(attempt)))
+        return actions
+
+    def link_ready(self, now: float) -> list[Action]:
+        """``session.ready`` on the current link: audio flows again; results go or are dropped."""
+        attempt = self.recovery.current
+        mode = attempt.mode if attempt is not None else Mode.FIRST
+        text = self.recovery.ready(now)
+        data = {"session_id": self.session_id, "mode": str(mode)}
+        if mode is Mode.FIRST:
+            return [Log(f"agent ready (session {self.session_id})", kind="agent.ready",
+                        data=data)]
+        actions: list[Action] = [Log(f"{text} (session {self.session_id})", kind="agent.ready",
+                                     data=data)]
+        if mode is Mode.RESUME and self.session_id == self._lost_session:
+            self._settled = True  # the resumed session is quiet, waiting for its results
+            held = [call_id for call_id, _ in self._pending_results]
+            running = [call_id for call_id in self._tool_replies if call_id not in held]
+            if held:
+                actions.append(Log(f"tool result(s) {', '.join(held)} sent on the resumed "
+                                   "session"))
+            if running:
+                actions.append(Log(f"tool call(s) {', '.join(running)} still running across "
+                                   "the drop: their results go to the resumed session"))
+            return actions + self._flush_results()
+        # A fresh session never asked for the old session's tools: drop what they return.
+        for call_id, _ in self._pending_results:
+            actions.append(Log(f"tool result {call_id} dropped: its session was replaced"))
+        self._orphaned.update(self._tool_replies)
+        self._tool_replies.clear()
+        self._pending_results = []
+        return actions
+
+    def _credential(self, attempt: Attempt) -> str | None:
+        return self.resume_token if attempt.mode is Mode.RESUME else None
 
     def _mark_echo(self, msg: dict[str, Any]) -> list[Action]:
         body = msg.get("mark")
@@ -313,7 +441,7 @@ class CallProtocol:
         if kind == "session.ended":
             self.ended = True
             self.session_open = False
-            return [EndCall("agent ended the session")]
+            return [EndCall("agent ended the session", 1000, Outcome.AGENT_ENDED)]
         if kind == "input.speech.stopped":
             return [Log("caller stopped speaking", "DEBUG", "speech.stopped")]
         if kind == "transcript.agent.delta":
@@ -326,13 +454,14 @@ class CallProtocol:
         return self._unknown("agent", kind)
 
     def _ready(self, msg: dict[str, Any]) -> list[Action]:
+        if self.agent_ready:
+            return [Log("second session.ready ignored", "WARNING")]
         self.agent_ready = True
         session_id = msg.get("session_id")
         self.session_id = session_id if type(session_id) is str else None
         token = msg.get("resume_token")
         self.resume_token = token if type(token) is str and token else None
-        return [Log(f"agent ready (session {self.session_id})", kind="agent.ready",
-                    data={"session_id": self.session_id})]
+        return [LinkReady()]
 
     def _reply_started(self, msg: dict[str, Any]) -> list[Action]:
         reply_id = msg.get("reply_id")
@@ -419,10 +548,21 @@ class CallProtocol:
 
     def _error(self, msg: dict[str, Any]) -> list[Action]:
         code = str(msg.get("code") or "unknown")
-        text = f"agent error {code}: {msg.get('message', '')}"
+        message = str(msg.get("message", ""))
+        if not self.agent_ready and self.recovery.current is not None:
+            param = msg.get("param")
+            return [Log(f"agent error {code} before session.ready", "DEBUG", "agent.error",
+                        {"code": code}),
+                    LinkFailed(Failure(Kind.ERROR, message or code, code=code,
+                                       param=param if type(param) is str else None))]
+        text = f"agent error {code}: {message}; session {self.session_id or '-'}"
+        if code.lower() == "session_expired":  # the agent's own end: a goodbye, not a fault
+            return [Log(f"{text}: hanging up", "INFO", "agent.error", {"code": code}),
+                    EndCall("agent ended the session (session_expired)", 1000,
+                            Outcome.AGENT_ENDED)]
         if agent.is_fatal(code):
-            return [Log(text, "ERROR", "agent.error", {"code": code}),
-                    EndCall(f"agent error {code}", 1011)]
+            return [Log(f"{text}: fallback", "ERROR", "agent.error", {"code": code}),
+                    EndCall(f"agent error {code}", 1011, Outcome.AGENT_FAILED)]
         return [Log(text, "WARNING", "agent.error", {"code": code})]
 
     # ------------------------------------------------------------------ tools and finishing
@@ -431,6 +571,10 @@ class CallProtocol:
         """A tool's outcome: send, hold until ``reply.done``, or drop (interrupted reply)."""
         reply_id = self._tool_replies.get(call_id)
         data = {"call_id": call_id, "is_error": is_error, "result": result}
+        if call_id in self._orphaned:
+            self._orphaned.discard(call_id)
+            return [Log(f"tool result {call_id} dropped: its session was replaced",
+                        kind="tool.dropped", data=data)]
         if reply_id is not None and reply_id in self._muted_replies:
             self._tool_replies.pop(call_id, None)
             return [Log(f"tool result {call_id} dropped: its reply was interrupted",
@@ -440,7 +584,9 @@ class CallProtocol:
         outcome = "failed" if is_error else "succeeded"
         actions: list[Action] = [
             Log(f"tool {call_id} {outcome}: {result[:200]}", "DEBUG", "tool.result", data)]
-        if self._immediate_results or self._settled:
+        if not self.agent_ready:  # the link is down: held for the resumed session
+            actions.append(Log(f"tool result {call_id} held: the agent link is down"))
+        elif self._immediate_results or self._settled:
             actions += self._flush_results()
         return actions
 

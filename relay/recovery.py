@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from relay.config import Settings
+
 # Below this, an attempt cannot succeed in practice (a handshake and a session.ready).
 MIN_ATTEMPT = 1.0
 
@@ -141,6 +143,18 @@ class Recovery:
         self.began = 0.0
         self.deadline = 0.0
         self.current: Attempt | None = None
+
+    @classmethod
+    def with_defaults(cls) -> Recovery:
+        """The default settings' timeouts (tests of the pure layer)."""
+        return cls.from_settings(Settings())
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Recovery:
+        """From ``Settings``: the ``AGENT_*`` timeouts and ``AGENT_WAIT_BUDGET``."""
+        return cls(open_timeout=s.agent_open_timeout, ready_timeout=s.agent_ready_timeout,
+                   retry_backoff=s.agent_retry_backoff, resume_timeout=s.agent_resume_timeout,
+                   budget=s.agent_wait_budget)
 
     def waited(self, now: float) -> float:
         """How long the caller has waited for an agent in this effort."""

@@ -25,10 +25,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
-from relay import twilio_rest, twiml
+from relay import twiml
 from relay.admission import Admission, refusal_twiml
 from relay.bridge import CallBridge
-from relay.call_tools import Transferrer
 from relay.calls_page import calls_routes
 from relay.config import Settings
 from relay.draining import LiveCalls
@@ -74,13 +73,6 @@ class Relay:
         self.admission = Admission(settings, self.store, lag_ms=self.lag.lag_ms)
         self.calls = LiveCalls()
         self.http: httpx.AsyncClient | None = None
-        rest = twilio_rest.make_client(settings)
-        self.transfer: Transferrer | None = None
-        if rest is not None:
-            async def transfer(call_sid: str, number: str) -> None:
-                await twilio_rest.transfer(rest, call_sid, number,
-                                           timeout=settings.twilio_rest_timeout)
-            self.transfer = transfer
 
     def signed(self, conn: HTTPConnection, url: str, params: Mapping[str, Any]) -> bool:
         """Is this request from Twilio? Without an auth token, only local clients pass."""
@@ -189,9 +181,9 @@ class Relay:
             await ws.close(code=1011)
             return
         bridge = CallBridge(ws, settings=self.settings, registry=self.registry, http=self.http,
-                            tokens=self.tokens, purpose=purpose, transfer=self.transfer,
-                            monitor=self.monitor,
-                            open_stream=self.admission.open_stream if purpose == "twilio" else None)
+                            tokens=self.tokens, purpose=purpose, monitor=self.monitor,
+                            open_stream=self.admission.open_stream if purpose == "twilio" else None,
+                            store=self.store)
         self.calls.add(bridge)
         try:
             await bridge.run()

@@ -222,6 +222,7 @@ class Earpiece:
 # How each relay.log kind is shown: a label, and a rewrite of the relay's text.
 _RELAY_EVENTS: dict[str, tuple[str, str, str]] = {
     "agent.ready": ("agent ready", r"^agent ready \((.*)\)$", r"\1"),
+    "agent.fault": ("agent fault", r"^agent ", ""),
     "audio.caller": ("caller audio in", r"^.*$", "first caller audio forwarded to the agent"),
     "barge-in": ("barge-in", r"^.*$", "the caller started speaking"),
     "reply.heard": ("reply heard", r"^reply (.*) heard$", r"\1 played to the end (mark echoed)"),

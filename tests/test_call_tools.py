@@ -22,7 +22,7 @@ CALL = CallInfo("CA1", "+15550001111", "+15550002222", "inbound", {})
 class Harness:
     """A CallTools whose tasks and actions are collected instead of run by a bridge."""
 
-    def __init__(self, registry: Registry, *, transfer: bool = True, **settings: Any) -> None:
+    def __init__(self, registry: Registry, **settings: Any) -> None:
         self.actions: list[Action] = []
         self.tasks: list[str] = []
         protocol = CallProtocol(session_update=session_update(
@@ -30,12 +30,9 @@ class Harness:
         base = dict(public_url="http://127.0.0.1:1", hangup_timeout=0.01)
         base.update(settings)
 
-        async def transferrer(call_sid: str, number: str) -> None:
-            pass
-
         self.tools = CallTools(
             settings=Settings(**base), registry=registry, http=None,  # type: ignore[arg-type]
-            transfer=transferrer if transfer else None, protocol=protocol,
+            protocol=protocol,
             perform=self.actions.extend, spawn=self.spawn,
             log=logging.LoggerAdapter(logging.getLogger("test")))
 
@@ -68,13 +65,13 @@ async def test_a_transfer_to_an_allowed_number_waits_for_the_goodbye() -> None:
     assert h.tasks == ["hang-up deadline"]  # the goodbye's wait, bounded
 
 
-@pytest.mark.parametrize(("transfer", "settings", "refusal"), [
-    (False, {"transfer_number": "+15550009999"}, "Transfers are not available"),
-    (True, {"transfer_number": "+15550009999"}, "is not a number calls may be transferred to"),
+@pytest.mark.parametrize(("settings", "refusal"), [
+    ({}, "Transfers are not available"),
+    ({"transfer_number": "+15550009999"}, "is not a number calls may be transferred to"),
 ])
-async def test_transfers_that_cannot_happen_are_refused(transfer: bool, settings: dict[str, Any],
+async def test_transfers_that_cannot_happen_are_refused(settings: dict[str, Any],
                                                         refusal: str) -> None:
-    h = Harness(Registry([transfer_to]), transfer=transfer, **settings)
+    h = Harness(Registry([transfer_to]), **settings)
     await run(h, "transfer_to", {"number": "+15550000000"})
     assert h.tasks == []
     assert not any(isinstance(a, Transfer) for a in h.actions)

@@ -6,10 +6,12 @@ import pytest
 
 from relay.agent_messages import session_update
 from relay.errors import ProtocolViolation
+from relay.outcomes import Outcome
 from relay.protocol import (
     Authorize,
     CallProtocol,
     EndCall,
+    LinkReady,
     Log,
     RunTool,
     StreamInfo,
@@ -37,7 +39,10 @@ def wire(actions: list) -> list:
 
 
 def opened(call: CallProtocol, start: dict[str, object] = START) -> list:
-    """``start`` as the bridge handles it: authorized, then the session opened."""
+    """``start`` as the bridge handles it: the link up, start authorized, the session opened."""
+    if not call.link_up:
+        call.begin(0.0)
+        assert call.link_opened() == []  # nothing to send before start
     (authorize,) = call.twilio_message(start)
     assert isinstance(authorize, Authorize)
     return call.open_session()
@@ -46,7 +51,9 @@ def opened(call: CallProtocol, start: dict[str, object] = START) -> list:
 def started(**kwargs: object) -> CallProtocol:
     call = CallProtocol(session_update=UPDATE, **kwargs)  # type: ignore[arg-type]
     opened(call)
-    call.agent_message({"type": "session.ready", "session_id": "sess_1", "resume_token": "rt"})
+    assert call.agent_message({"type": "session.ready", "session_id": "sess_1",
+                               "resume_token": "rt"}) == [LinkReady()]
+    call.link_ready(0.1)
     return call
 
 
@@ -57,6 +64,10 @@ def test_start_opens_the_session_with_the_update() -> None:
                       parameters={"token": "t", "caller": "+1555"})
     assert call.twilio_message(START) == [Authorize(info)]  # parsed once, here
     assert call.info == info and not call.session_open  # nothing sent before the token check
+    assert call.open_session() == []  # no agent link yet: the link sends it once open
+    assert call.session_open
+    call.begin(0.0)
+    assert wire(call.link_opened()) == [ToAgent(UPDATE)]
     assert wire(call.open_session()) == [ToAgent(UPDATE)]
     assert call.session_open
 
@@ -201,23 +212,27 @@ def test_dtmf_reaches_the_agent_as_a_reply_request() -> None:
 
 
 def test_stop_and_session_ended_end_the_call() -> None:
-    assert started().twilio_message({"event": "stop"}) == [EndCall("caller hung up")]
+    assert started().twilio_message({"event": "stop"}) == [
+        EndCall("caller hung up", 1000, Outcome.CALLER_HUNG_UP)]
     call = started()
-    assert call.agent_message({"type": "session.ended"}) == [EndCall("agent ended the session")]
+    assert call.agent_message({"type": "session.ended"}) == [
+        EndCall("agent ended the session", 1000, Outcome.AGENT_ENDED)]
     assert call.ended
 
 
-@pytest.mark.parametrize("msg,fatal", [
-    ({"type": "session.error", "code": "unauthorized", "message": "bad key"}, True),
-    ({"type": "error", "code": "SESSION_EXPIRED"}, True),
-    ({"code": "internal_error", "message": "typeless"}, True),
-    ({"type": "session.error", "code": "invalid_audio"}, False),
+@pytest.mark.parametrize("msg,outcome", [
+    ({"type": "session.error", "code": "unauthorized", "message": "bad key"},
+     Outcome.AGENT_FAILED),
+    ({"type": "error", "code": "SESSION_EXPIRED"}, Outcome.AGENT_ENDED),  # its own end: goodbye
+    ({"code": "internal_error", "message": "typeless"}, Outcome.AGENT_FAILED),
+    ({"type": "session.error", "code": "invalid_audio"}, None),
 ])
-def test_agent_errors_are_classified(msg: dict[str, object], fatal: bool) -> None:
+def test_agent_errors_mid_call_are_classified(msg: dict[str, object],
+                                              outcome: Outcome | None) -> None:
     actions = started().agent_message(msg)
     ends = [a for a in actions if isinstance(a, EndCall)]
-    assert bool(ends) is fatal
-    assert all(end.code == 1011 for end in ends)
+    assert [end.outcome for end in ends] == ([outcome] if outcome else [])
+    assert all(end.code == (1000 if outcome is Outcome.AGENT_ENDED else 1011) for end in ends)
 
 
 def test_tool_call_accepts_arguments_or_args_as_object_or_string() -> None:
