@@ -20,7 +20,10 @@ from relay.protocol import (
     Authorize,
     CallProtocol,
     EndCall,
+    LinkFailed,
+    LinkReady,
     Log,
+    OpenLink,
     RunTool,
     ToAgent,
     ToTwilio,
@@ -112,6 +115,13 @@ class Receivers:
                 # the bridge checks the token, then opens the session
                 assert action.info is self.protocol.info and isinstance(action.info.call_sid, str)
                 self.check(self.protocol.open_session())
+            elif isinstance(action, LinkReady):  # the bridge reports the link ready
+                self.check(self.protocol.link_ready(0.0))
+            elif isinstance(action, LinkFailed):  # the bridge reports the attempt failed
+                self.check(self.protocol.link_failed(action.failure, 0.0))
+            elif isinstance(action, OpenLink):  # a new link: a new session on it
+                self.session_updates, self.ready_seen = 0, False
+                self.check(self.protocol.link_opened())
             else:
                 assert isinstance(action, Log | EndCall | Transfer)
 
@@ -143,7 +153,10 @@ class Receivers:
 def new_protocol(timing: str) -> CallProtocol:
     update = agent_messages.session_update(system_prompt="p", greeting="g", voice="ivy",
                                            tools=[], tool_timeout=1.0)
-    return CallProtocol(session_update=update, tool_result_timing=timing)
+    protocol = CallProtocol(session_update=update, tool_result_timing=timing)
+    protocol.begin(0.0)
+    assert protocol.link_opened() == []  # the first link is up before start: nothing to send
+    return protocol
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,13 +6,11 @@ import time
 
 import pytest
 
-from relay.call_control import transfer_call
+from relay import twilio_rest
 from relay.config import Settings
-from relay.local.caller import SimulatedCall
 from relay.outbound import CallError, place_call
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fake_twilio_rest import ACCOUNT_SID, TWILIO_NUMBER, FakeTwilioRest
-from tests.fakes import AgentSession, FakeAgent
 
 TIMEOUT = 0.3 * MS
 
@@ -30,21 +28,17 @@ def test_an_outbound_call_to_a_stuck_api_fails_at_the_rest_timeout() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_transfer_to_a_stuck_api_hangs_up_at_the_rest_timeout(make_relay) -> None:
-    async def script(session: AgentSession) -> None:
-        await session.send({"type": "reply.started", "reply_id": "r1"})
-        await session.tool_call("c1", "transfer_call", arguments={})
-        await session.send({"type": "reply.done", "reply_id": "r1", "status": "completed"})
-
-    async with FakeTwilioRest(AUTH_TOKEN, hang=True).serving() as rest, \
-            FakeAgent(script=script).running() as agent, \
-            make_relay(agent, tools=[transfer_call], transfer_number="+15550009999",
-                       twilio_api_base_url=rest.base_url, twilio_rest_timeout=TIMEOUT,
-                       hangup_timeout=0.1 * MS) as relay, \
-            SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN,
-                               webhook_path="/twiml?observe=1") as call:
+async def test_a_rest_transfer_to_a_stuck_api_fails_at_the_rest_timeout() -> None:
+    """The REST way to reach a call whose stream is gone (a live call's transfer needs none)."""
+    async with FakeTwilioRest(AUTH_TOKEN, hang=True).serving() as rest:
+        settings = Settings(public_url="https://relay.example.com", twilio_account_sid=ACCOUNT_SID,
+                            twilio_auth_token=AUTH_TOKEN, twilio_api_base_url=rest.base_url,
+                            twilio_rest_timeout=TIMEOUT)
+        client = twilio_rest.make_client(settings)
+        assert client is not None
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await twilio_rest.transfer(client, "CA" + "1" * 32, "+15550009999", timeout=TIMEOUT)
+        assert time.monotonic() - started < TIMEOUT + 1 * MS
         (update,) = await rest.wait_for(1)
-        assert await call.wait_closed(TIMEOUT + 2 * MS) == 1011
-        (end,) = [m for m in call.events("relay.log") if m["kind"] == "call.end"]
-        assert end["text"] == "transfer failed"
-        assert update.call_sid == call.call_sid
+        assert update.call_sid == "CA" + "1" * 32
