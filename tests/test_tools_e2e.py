@@ -10,7 +10,6 @@ Transfers go to the fake Twilio REST API (``tests/fake_twilio_rest.py``) on an e
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import math
 import threading
