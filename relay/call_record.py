@@ -122,6 +122,7 @@ class CallRecorder:
         self.responses: list[float] = []
         self.barge_ins = 0
         self.agent_errors: list[str] = []
+        self.agent_reconnects: list[str] = []
         self.turns: list[_Turn] = []
         self.tools: dict[str, _Tool] = {}
         self.events: list[dict[str, Any]] = []
@@ -168,6 +169,11 @@ class CallRecorder:
         self._event(now, "tool.finished", tool=tool.name, call_id=call_id, ok=error is None)
         self.activity = "listening"
         return tool.seconds
+
+    def agent_reconnected(self, result: str, now: float) -> None:
+        if len(self.agent_reconnects) < 50:
+            self.agent_reconnects.append(result)
+        self._event(now, "agent.reconnected", result=result)
 
     def ended(self, reason: str, now: float, frames: Mapping[str, int],
               outcome: Outcome | None = None) -> None:
@@ -364,6 +370,7 @@ class CallRecorder:
             "response_max_seconds": r3(max(self.responses) if self.responses else None),
             "barge_ins": self.barge_ins,
             "agent_errors": list(self.agent_errors),
+            "agent_reconnects": list(self.agent_reconnects),
             "tool_calls": [
                 {"name": t.name, "argument_keys": t.argument_keys,
                  "offset_seconds": self._offset(t.at), "duration_seconds": r3(t.seconds),

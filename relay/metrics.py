@@ -125,7 +125,7 @@ class Metrics:
         self.agent_errors.labels(code).inc()
 
     def agent_reconnected(self, result: str) -> None:
-        """A resume attempt: ``resumed``, ``new_session`` or ``failed``."""
+        """A lost agent link replaced: ``resumed``, ``new_session`` or ``failed``."""
         self.agent_reconnects.labels(result).inc()
 
     def tool_finished(self, tool: str, seconds: float, *, ok: bool) -> None:

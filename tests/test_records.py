@@ -43,6 +43,7 @@ def recorded_call(*, sid: str = "CA1", start: float = 100.0, wall: float | None 
     r.tool_finished("c1", start + 2.4, error=tool_error)
     r.event("reply.started", {"reply_id": "r3"}, start + 2.4)
     r.event("reply.audio", {"reply_id": "r3"}, start + 2.0 + response)
+    r.agent_reconnected("resumed", start + 3.0)
     r.ended(reason, start + 5.0, {"to_agent": 250, "to_caller": 100,
                                   "dropped_before_ready": 3, "dropped_muted": 0})
     return r.record()
@@ -53,6 +54,8 @@ def test_response_latency_runs_to_the_first_audio_after_the_callers_turn() -> No
     # The tool turn's reply had no audio: the caller waited until the next reply spoke.
     assert record["response_seconds"] == [0.7]
     assert record["first_audio_seconds"] == 0.2
+    assert record["agent_reconnects"] == ["resumed"]
+    assert {"t": 3.0, "event": "agent.reconnected", "result": "resumed"} in record["events"]
     assert record["agent_connect_seconds"] == 0.15
     assert record["duration_seconds"] == 5.0
     assert record["started_at"] == "2026-12-01T12:00:00.000Z"
