@@ -547,6 +547,11 @@ class CallBridge:
             return
         self.say_goodbye_and_end(GOODBYE, OPERATOR_HANG_UP, Outcome.OPERATOR_HUNG_UP)
 
+    def end_now(self, reason: str, outcome: Outcome | None = None,
+                number: str | None = None) -> None:
+        """End the call at once (the stream closes with 1000); ``number``: the action dials it."""
+        self._end(CallEnded(reason, 1000, outcome, number))
+
     def say_goodbye_and_end(self, instructions: str, reason: str,
                             outcome: Outcome | None = None) -> None:
         """Ask the agent for a short goodbye, then hang up once it is heard.

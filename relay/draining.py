@@ -6,8 +6,9 @@ and re-raises the signal it caught (exit -15). ``DrainingServer`` runs the relay
 1. stop taking calls: ``/twiml`` refuses them (``relay.admission``), ``/readyz`` answers 503,
    ``/healthz`` stays 200;
 2. let the live calls go on, untouched, for up to ``DRAIN_SECONDS``;
-3. at that deadline, end the calls still up politely: the agent says a short goodbye and the
-   call hangs up once it is heard (bounded by ``HANGUP_TIMEOUT``);
+3. at that deadline, end the calls still up politely: with ``FALLBACK_NUMBER`` set, each is
+   handed there through its ``<Connect action>`` (the outcome record says "dial"); otherwise the
+   agent says a short goodbye and the call hangs up once it is heard (``HANGUP_TIMEOUT``);
 4. keep answering requests (Twilio asks for the ``<Connect action>`` right after a stream
    ends) for ``ACTION_GRACE`` seconds after the last call ended, then let uvicorn shut down,
    with no call left for it to cut, and exit 0.
@@ -25,12 +26,14 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Literal, Protocol
 
 import uvicorn
+
+from relay.outcomes import Outcome
 
 log = logging.getLogger("relay.drain")
 
@@ -41,7 +44,8 @@ POLL = 0.1
 GOODBYE_INSTRUCTIONS = ("The service has to restart now. Tell the caller, in one short "
                         "sentence, that you must end the call and that they can call back, "
                         "then say goodbye.")
-DRAINED_REASON = "drained: the server is shutting down"
+# Call records name the outcome from the reason: "the server is shutting down" is ``drained``.
+DRAINED_REASON = "the server is shutting down (drain deadline)"
 
 Step = Literal["wait", "end_calls", "exit"]
 
@@ -74,7 +78,13 @@ def drain_step(times: DrainTimes, *, now: float, started: float, active: int,
 
 
 class Endable(Protocol):
-    def say_goodbye_and_end(self, instructions: str, reason: str) -> None: ...
+    opened_call_sid: str | None  # the Twilio call of the stream, once admitted
+
+    def say_goodbye_and_end(self, instructions: str, reason: str,
+                            outcome: Outcome | None = None) -> None: ...
+
+    def end_now(self, reason: str, outcome: Outcome | None = None,
+                number: str | None = None) -> None: ...
 
 
 class LiveCalls:
@@ -96,11 +106,8 @@ class LiveCalls:
     def __len__(self) -> int:
         return len(self._calls)
 
-    def end_all(self, instructions: str, reason: str) -> int:
-        calls = list(self._calls)
-        for call in calls:
-            call.say_goodbye_and_end(instructions, reason)
-        return len(calls)
+    def __iter__(self) -> Iterator[Endable]:
+        return iter(list(self._calls))
 
 
 class Drainable(Protocol):
@@ -109,6 +116,10 @@ class Drainable(Protocol):
     calls: LiveCalls
 
     def start_draining(self) -> None: ...
+
+    async def end_calls(self) -> int:
+        """End every live call politely (the drain deadline); returns how many."""
+        ...
 
 
 class Drainer:
@@ -135,8 +146,8 @@ class Drainer:
                 break
             if step == "end_calls":
                 asked = True
-                count = app.calls.end_all(GOODBYE_INSTRUCTIONS, DRAINED_REASON)
-                log.info("drain deadline: ending %d call(s) after a goodbye", count)
+                count = await app.end_calls()
+                log.info("drain deadline: ending %d call(s)", count)
             await asyncio.sleep(POLL)
         if app.calls:
             log.warning("drain: %d call(s) did not end in time; the shutdown closes them",

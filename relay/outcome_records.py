@@ -61,10 +61,14 @@ def answer(record: OutcomeRecord | None, *, call_status: str, fallback_message: 
     """What Twilio plays once the stream has ended (pure).
 
     A call Twilio reports ``completed`` is gone (the caller hung up): ``<Hangup/>``. A goodbye
-    hangs up, a transfer dials, and everything else, including an unknown call, falls back.
+    hangs up, a transfer (or a call drained with a number) dials, and everything else,
+    including an unknown call, falls back.
     """
     if call_status == "completed":
         return ActionAnswer(twiml.hang_up(), "nothing: the call is over")
+    if record is not None and record.outcome is Outcome.DRAINED and record.number:
+        # the drain deadline handed the call to FALLBACK_NUMBER
+        return ActionAnswer(twiml.dial(record.number), f"a dial to {masked(record.number)}")
     if record is not None and record.outcome in HANG_UP:
         return ActionAnswer(twiml.hang_up(), f"a hang-up ({record.outcome})")
     if record is not None and record.outcome is Outcome.TRANSFERRED and record.number:

@@ -30,7 +30,7 @@ from relay.admission import Admission, refusal_twiml
 from relay.bridge import CallBridge
 from relay.calls_page import calls_routes
 from relay.config import Settings
-from relay.draining import LiveCalls
+from relay.draining import DRAINED_REASON, GOODBYE_INSTRUCTIONS, LiveCalls
 from relay.load import LagMonitor
 from relay.masking import mask_number
 from relay.monitor import CallEndedHook, Monitor
@@ -208,6 +208,23 @@ class Relay:
 
     def start_draining(self) -> None:
         self.admission.draining = True
+
+    async def end_calls(self) -> int:
+        """The drain deadline: hand each call to FALLBACK_NUMBER, or end it after a goodbye.
+
+        Either way the call ends as ``drained``; its ``<Connect action>`` then dials the
+        fallback number, or hangs up.
+        """
+        number, count = self.settings.fallback_number, 0
+        for call in self.calls:
+            count += 1
+            if number and call.opened_call_sid is not None:
+                log.info("[%s] drain deadline: handing the call to %s", call.opened_call_sid,
+                         mask_number(number))
+                call.end_now(DRAINED_REASON, Outcome.DRAINED, number)
+            else:
+                call.say_goodbye_and_end(GOODBYE_INSTRUCTIONS, DRAINED_REASON, Outcome.DRAINED)
+        return count
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:

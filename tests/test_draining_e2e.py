@@ -3,7 +3,8 @@
 SIGTERM during a call: the call goes on with audio both ways, new calls are refused, ``/readyz``
 turns 503 while ``/healthz`` stays 200, and the process exits 0 once the call has ended (after
 the few seconds it keeps answering Twilio's action requests). At the drain deadline the calls
-still up end after the agent's goodbye; a second signal ends everything at once.
+still up are handed to FALLBACK_NUMBER, or end after the agent's goodbye, and Twilio's action
+request that follows is answered accordingly; a second signal ends everything at once.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from relay.local.caller import SimulatedCall
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import KEY, AgentSession, FakeAgent
 from tests.helpers import post_twiml, refused
+from tests.test_call_action import post_action, twilio_form
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[1]
+FALLBACK = "+15550009999"
 FULL_NUMBER = re.compile(r"\+[1-9]\d{6,14}")
 
 
@@ -163,12 +166,32 @@ async def test_drain_deadline_ends_calls_after_the_agents_goodbye(tmp_path) -> N
             assert await call.wait_closed(10 * MS) == 1000
             assert [m["media"]["payload"] for m in call.events("media")] == ["////"]
             assert [m["mark"]["name"] for m in call.events("mark")][-1] == "hangup"
+        # Twilio asks what next right after the stream closed: a hang-up, not the apology
+        action = await post_action(app.base_url, twilio_form(call.call_sid))
+        assert action.status_code == 200 and "<Hangup />" in action.text
         assert await app.exited(ACTION_GRACE + 5 * MS) == 0
         assert session.ended.is_set() and session.violations == []
     log = app.text()
-    assert "drain deadline: ending 1 call(s) after a goodbye" in log
+    assert "drain deadline: ending 1 call(s)" in log
     assert "goodbye heard" in log
-    assert "call ended: drained: the server is shutting down" in log
+    assert "call ended: the server is shutting down (drain deadline)" in log
+
+
+async def test_drain_deadline_hands_calls_to_the_fallback_number(tmp_path) -> None:
+    async with FakeAgent().running() as agent, \
+            app_process(agent, tmp_path, DRAIN_SECONDS="1", FALLBACK_NUMBER=FALLBACK) as app:
+        async with SimulatedCall.dial(app.base_url, auth_token=AUTH_TOKEN) as call:
+            session = await agent.session()
+            await session.ready.wait()
+            app.proc.send_signal(signal.SIGTERM)
+            assert await call.wait_closed(5 * MS) == 1000
+            assert session.of_type("reply.create") == [], "handed over, no goodbye asked"
+        action = await post_action(app.base_url, twilio_form(call.call_sid))
+        assert action.status_code == 200
+        assert f"<Dial>{FALLBACK}</Dial>" in action.text
+        assert await app.exited(ACTION_GRACE + 5 * MS) == 0
+        assert session.ended.is_set() and session.violations == []
+    assert "drain deadline: handing the call to +1555***9999" in app.text()
 
 
 async def test_a_second_signal_ends_everything_at_once(tmp_path) -> None:
