@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +31,35 @@ from tests.redis_server import REDIS_SERVER, RedisServer
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+class RunLog:
+    """Every log record of the whole test run, in one file (scanned by test_zz_log_scan)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handler = logging.FileHandler(path, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def attach(self) -> None:
+        root = logging.getLogger()
+        if self.handler not in root.handlers:  # a test that configures logging removes it
+            root.addHandler(self.handler)
+        if root.level > logging.INFO:
+            root.setLevel(logging.INFO)
+
+
+@pytest.fixture(scope="session")
+def run_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunLog]:
+    log = RunLog(tmp_path_factory.mktemp("run-log") / "run.log")
+    yield log
+    logging.getLogger().removeHandler(log.handler)
+    log.handler.close()
+
+
+@pytest.fixture(autouse=True)
+def _log_to_run_log(run_log: RunLog) -> None:
+    run_log.attach()
 
 
 @pytest.fixture
