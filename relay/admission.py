@@ -194,6 +194,7 @@ class Admission:
             self._streams[call_sid] = left
             return
         self._streams.pop(call_sid, None)
+        await self._store.delete(CALL_KEY + call_sid)  # a second stream matters while one is up
         await self._local.release(CALLS, call_sid)
         if self._settings.agent_max_sessions is not None:
             await self._store.release(AGENT_SESSIONS, call_sid)

@@ -141,8 +141,13 @@ class SimulatedCall:
         form: dict[str, str] | None = None,
         webhook_path: str = "/twiml",
         call_sid: str | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> AsyncIterator[SimulatedCall]:
-        """Place a call; ``connect_to`` replaces the stream URL's host (e.g. behind a tunnel)."""
+        """Place a call; ``connect_to`` replaces the stream URL's host (e.g. behind a tunnel).
+
+        ``http``: a client to post the webhook with (many calls share one: making a client
+        costs more than the webhook), else one of its own.
+        """
         call_sid, stream_sid = call_sid or new_sid("CA"), new_sid("MZ")
         params = {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": caller,
                   "To": called, "CallStatus": "ringing", "Direction": "inbound",
@@ -150,9 +155,10 @@ class SimulatedCall:
         url = base_url.rstrip("/") + webhook_path
         headers = ({"X-Twilio-Signature": twilio_signature(auth_token, url, params)}
                    if auth_token else {})
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with contextlib.AsyncExitStack() as own:
+            client = http or await own.enter_async_context(httpx.AsyncClient(timeout=10))
             started = time.monotonic()
-            response = await http.post(url, data=params, headers=headers)
+            response = await client.post(url, data=params, headers=headers)
         response.raise_for_status()
         webhook_ms = (time.monotonic() - started) * 1000
         stream = parse_stream(response.text)
