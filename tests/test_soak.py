@@ -126,7 +126,9 @@ async def place(base_url: str, start: int, count: int, soak: Soak) -> None:
         async with gate:
             await one_call(base_url, i, soak, http)
 
-    limits = httpx.Limits(max_connections=CONCURRENCY)
+    # Idle connections are dropped before uvicorn's keep-alive timeout could close one under
+    # a request (a slow call keeps its webhook's connection idle for its whole length).
+    limits = httpx.Limits(max_connections=CONCURRENCY, keepalive_expiry=1.0)
     async with httpx.AsyncClient(timeout=10, limits=limits) as http, asyncio.TaskGroup() as tg:
         for i in range(start, start + count):
             tg.create_task(gated(i))

@@ -156,7 +156,9 @@ class SimulatedCall:
         headers = ({"X-Twilio-Signature": twilio_signature(auth_token, url, params)}
                    if auth_token else {})
         async with contextlib.AsyncExitStack() as own:
-            client = http or await own.enter_async_context(httpx.AsyncClient(timeout=10))
+            client: httpx.AsyncClient = (
+                http if http is not None
+                else await own.enter_async_context(httpx.AsyncClient(timeout=10)))
             started = time.monotonic()
             response = await client.post(url, data=params, headers=headers)
         response.raise_for_status()
