@@ -51,7 +51,9 @@ def live_summary(watch: CallWatch, now: float) -> dict[str, Any]:
     return {"call_sid": r.call_sid, "direction": r.direction, "caller": r.caller,
             "called": r.called, "duration_seconds": round(r.duration(now), 1),
             "activity": r.activity, "last_line": r.last_line, "barge_ins": r.barge_ins,
-            "first_audio_seconds": r.record()["first_audio_seconds"], "live": True}
+            "first_audio_seconds": (round(r.first_audio_seconds, 3)
+                                    if r.first_audio_seconds is not None else None),
+            "live": True}
 
 
 def recent_summary(record: dict[str, Any]) -> dict[str, Any]:

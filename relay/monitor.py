@@ -49,6 +49,8 @@ class CallWatch:
         self.call = call
         self.recorder = recorder
         self._loop = asyncio.get_running_loop()
+        self._responses_seen = 0  # latencies already observed in the histogram
+        self._first_audio_seen = False
 
     @property
     def counters(self) -> FrameCounts:
@@ -98,9 +100,6 @@ class CallWatch:
         self._first_audio_seen = recorder.first_audio_seconds is not None
         if (len(recorder.turns), recorder.activity) != before:
             self._monitor._touch()
-
-    _responses_seen = 0
-    _first_audio_seen = False
 
     def _tool_started(self, data: Mapping[str, Any]) -> None:
         keys = data.get("argument_keys") or ()
