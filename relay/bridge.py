@@ -92,7 +92,7 @@ _STREAM_FAILURES = {
 StreamOpener = Callable[[str, str], Awaitable[bool]]
 # What the call's recorder keeps but observers (the simulator, the softphone) are not sent.
 _RECORD_ONLY = frozenset({"speech.started", "speech.stopped", "reply.started", "reply.audio",
-                          "agent.words", "agent.error", "tool.dropped"})
+                          "agent.words", "agent.error", "tool.dropped", "agent.reconnect"})
 _TRANSCRIPTS = frozenset({"transcript.user", "transcript.agent"})
 # What the agent is asked to say when an operator hangs up a call.
 GOODBYE = ("The call has to end now. Say a short, polite goodbye to the caller in one "
@@ -520,10 +520,13 @@ class CallBridge:
         agent = self._agent
         if agent is None:
             return  # no link: the protocol sends nothing but what a new link needs
-        # A closed link is reported once, by its ``closed`` callback (a drop or a failed
-        # attempt); what could not be sent on it is lost with it.
-        with contextlib.suppress(LinkClosed):
+        try:
             agent.send(orjson.dumps(message))
+        except LinkClosed:
+            # Reported once, by the link's ``closed`` callback (a drop or a failed attempt);
+            # what could not be sent on it is lost with it. (try/except: free on the audio
+            # path, where a ``contextlib.suppress`` would build an object per frame.)
+            pass
 
     def _send_twilio(self, message: Mapping[str, Any]) -> None:
         try:

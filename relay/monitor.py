@@ -92,6 +92,8 @@ class CallWatch:
                 metrics.first_audio.observe(recorder.first_audio_seconds)
         elif kind == "agent.error" and data is not None:
             metrics.agent_error(str(data.get("code") or "unknown"))
+        elif kind == "agent.reconnect" and data is not None:
+            metrics.agent_reconnected(str(data.get("result")))
         elif kind == "tool.call" and data is not None:
             self._tool_started(data)
         elif kind in ("tool.result", "tool.dropped") and data is not None:

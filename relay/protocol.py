@@ -294,11 +294,15 @@ class CallProtocol:
     def link_failed(self, failure: Failure, now: float) -> list[Action]:
         """The current attempt ended without ``session.ready``: the next one, or the fallback."""
         self.link_up = False
+        attempt = self.recovery.current
+        mid_call = attempt is not None and attempt.mode is not Mode.FIRST
         step = self.recovery.failed(failure, now, session_id=self._lost_session)
         log = Log(step.text, step.level, kind="agent.fault")
         if isinstance(step.next, GiveUp):
-            return [log, EndCall(f"agent failed: {step.next.reason}", 1011,
-                                 Outcome.AGENT_FAILED)]
+            end = EndCall(f"agent failed: {step.next.reason}", 1011, Outcome.AGENT_FAILED)
+            if mid_call:
+                return [log, _reconnect("failed"), end]
+            return [log, end]
         return [log, OpenLink(step.next, self._credential(step.next))]
 
     def link_lost(self, why: str, now: float) -> list[Action]:
@@ -337,6 +341,7 @@ class CallProtocol:
         actions: list[Action] = [Log(f"{text} (session {self.session_id})", kind="agent.ready",
                                      data=data)]
         if mode is Mode.RESUME and self.session_id == self._lost_session:
+            actions.append(_reconnect("resumed"))
             self._settled = True  # the resumed session is quiet, waiting for its results
             held = [call_id for call_id, _ in self._pending_results]
             running = [call_id for call_id in self._tool_replies if call_id not in held]
@@ -347,6 +352,7 @@ class CallProtocol:
                 actions.append(Log(f"tool call(s) {', '.join(running)} still running across "
                                    "the drop: their results go to the resumed session"))
             return actions + self._flush_results()
+        actions.append(_reconnect("new_session"))
         # A fresh session never asked for the old session's tools: drop what they return.
         for call_id, _ in self._pending_results:
             actions.append(Log(f"tool result {call_id} dropped: its session was replaced"))
@@ -637,3 +643,8 @@ class CallProtocol:
 
 def _describe(action: Finish) -> str:
     return f"transfer to {action.number}" if isinstance(action, Transfer) else "hang up"
+
+
+def _reconnect(result: str) -> Log:
+    """How getting a lost session back ended (``resumed``, ``new_session``, ``failed``)."""
+    return Log(f"agent reconnect: {result}", "DEBUG", "agent.reconnect", {"result": result})
