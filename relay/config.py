@@ -84,7 +84,7 @@ class Settings:
     agent_ready_timeout: float = 3.0  # session.update (or session.resume) to session.ready
     agent_retry_backoff: float = 0.3  # before the one retry of a failed attempt
     agent_resume_timeout: float = 2.5  # a resume attempt, open and ready together
-    agent_wait_budget: float = 7.0  # the caller's longest silence before the fallback
+    agent_wait_budget: float = 6.5  # the caller's longest silence before the fallback
     agent_close_timeout: float = 3.0
     # Each request to Twilio's REST API (a transfer, an outbound call, a poll of its status).
     twilio_rest_timeout: float = 10.0

@@ -186,23 +186,25 @@ class Recovery:
         attempt = self.current
         assert attempt is not None, "failed() without an attempt"
         waited = self.waited(now)
-        what = f"{failure.label} ({failure.detail}); session {session_id or '-'}"
+        # The decision first (what the caller gets), then the details.
+        label = failure.label
+        details = f"session {session_id or '-'}; {failure.detail}"
         if attempt.mode is Mode.RESUME:
             fresh = self._attempt(Mode.FRESH, now, 0.0, 1)
             if fresh is not None:
-                return Step(fresh, "INFO", f"agent resume failed: {what}: opening a fresh "
-                            f"session (caller waiting {waited:.1f} s)")
-            return self._give_up(f"resume failed: {failure.label}", None, what, waited)
+                return Step(fresh, "INFO", f"agent resume failed: {label}: opening a fresh "
+                            f"session (caller waiting {waited:.1f} s); {details}")
+            return self._give_up(f"resume failed: {label}", None, label, details, waited)
         setting = operator_setting(failure)
         if setting is not None:
-            return self._give_up(f"agent refused: {failure.label}", setting, what, waited)
+            return self._give_up(f"agent refused: {label}", setting, label, details, waited)
         if retryable(failure) and attempt.number == 1:
             retry = self._attempt(attempt.mode, now, self._backoff, 2)
             if retry is not None:
-                return Step(retry, "INFO", f"agent attempt failed: {what}: retrying in "
-                            f"{self._backoff:g} s (caller waiting {waited:.1f} s)")
+                return Step(retry, "INFO", f"agent attempt failed: {label}: retrying in "
+                            f"{self._backoff:g} s (caller waiting {waited:.1f} s); {details}")
         why = "no agent after a retry" if attempt.number > 1 else "no agent"
-        return self._give_up(f"{why}: {failure.label}", None, what, waited)
+        return self._give_up(f"{why}: {label}", None, label, details, waited)
 
     def ready(self, now: float) -> str:
         """The session is ready: the line that says so, for a recovery (not the first)."""
@@ -215,8 +217,10 @@ class Recovery:
             return f"fresh agent session after {self.waited(now):.1f} s"
         return f"agent ready after {self.waited(now):.1f} s"
 
-    def _give_up(self, reason: str, setting: str | None, what: str, waited: float) -> Step:
+    def _give_up(self, reason: str, setting: str | None, label: str, details: str,
+                 waited: float) -> Step:
         self.current = None
         fix = f" Check {setting}." if setting else ""
         return Step(GiveUp(reason, setting), "ERROR",
-                    f"agent failed: {what}: fallback (caller waited {waited:.1f} s).{fix}")
+                    f"agent failed: {label}: fallback (caller waited {waited:.1f} s).{fix} "
+                    f"{details[0].upper()}{details[1:]}")

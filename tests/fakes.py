@@ -16,8 +16,9 @@ session for good.
 
 Fault modes, for every connection or per connection (``faults[i]`` for the i-th upgrade, then
 normal): ``http:NNN`` refuses the upgrade with that status, ``hang`` never answers the
-handshake, ``silent`` never sends ``session.ready``, ``error:CODE`` answers the first message
-with ``session.error`` CODE and closes (1011 for internal/server errors, else 1008).
+handshake, ``silent`` never sends ``session.ready``, ``error:CODE`` (or ``error:CODE:PARAM``)
+answers the first message with ``session.error`` CODE and closes (1011 for internal/server
+errors, else 1008).
 ``resume="refuse"`` answers every resume with ``session_not_found``; ``resume="silent"`` never
 answers one. ``AgentSession.drop()`` cuts the TCP connection without a close frame.
 """
@@ -188,12 +189,12 @@ class FakeAgent:
                     if kind == "session.resume":
                         if not await self._resume(session, msg):
                             return
-                        script = self.resume_script
+                        script = self.resume_script if session.resumed else None
                     else:
                         if not await self._first_update(session, msg):
                             return
                         script = self.script
-                    if script is not None:
+                    if script is not None and session.ready.is_set():  # it speaks once ready
                         script_task = asyncio.create_task(script(session))
                 elif kind == "session.resume":
                     await self._violation(session, "session.resume after the first message")
@@ -294,10 +295,15 @@ class FakeAgent:
             session.violations.extend(problems)
             return await self._refuse(session, "invalid_config", "; ".join(problems))
         fault = session.fault or ""
-        if fault.startswith("error:"):
-            code = fault.removeprefix("error:")
+        if fault.startswith("error:"):  # error:CODE or error:CODE:PARAM
+            code, _, param = fault.removeprefix("error:").partition(":")
             close = 1011 if code in ("internal_error", "server_error") else 1008
-            return await self._refuse(session, code, f"fault injected: {code}", close)
+            error = {"type": "session.error", "code": code, "message": f"fault injected: {code}"}
+            if param:
+                error["param"] = param
+            await session.send(error)
+            await session.ws.close(close)
+            return False
         if self.send_ready and fault != "silent":
             n = next(self._ids)
             session_id = "sess_test" if n == 1 else f"sess_test_{n}"

@@ -163,7 +163,7 @@ async def test_a_retryable_session_error_before_ready_is_retried(make_relay, cap
 async def test_an_invalid_voice_is_not_retried_and_names_agent_voice(make_relay, caplog) -> None:
     async def bad_voice(session: AgentSession) -> None: ...
 
-    agent = FakeAgent(faults=["error:invalid_value"], script=bad_voice)
+    agent = FakeAgent(faults=["error:invalid_value:output.voice"], script=bad_voice)
     async with agent.running(), make_relay(agent, fallback_message=FALLBACK, agent_voice="claire",
                                            **FAST) as relay:
         async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
@@ -172,6 +172,7 @@ async def test_an_invalid_voice_is_not_retried_and_names_agent_voice(make_relay,
     assert_fallback(step, 1 * MS)
     (fault,) = agent_faults(caplog)
     assert fault.levelname == "ERROR" and "invalid_value" in fault.getMessage()
+    assert "Check AGENT_VOICE." in fault.getMessage()
 
 
 async def test_a_silent_agent_gets_the_fallback_within_8_s_with_the_default_timeouts(
@@ -472,3 +473,23 @@ async def test_max_call_seconds_without_a_goodbye_hangs_up_at_the_hangup_timeout
     assert agent.sessions[0].of_type("reply.create")
     assert (step.says, step.hangs_up) == ((), True)
     assert limit + hangup <= step.ms / 1000 < limit + hangup + 1.0 * MS
+
+
+async def test_a_drop_whose_resume_and_fresh_sessions_never_answer_falls_back_in_budget(
+        make_relay) -> None:
+    async def first(session: AgentSession) -> None:
+        await greet(session)
+        await asyncio.sleep(0.05)
+        session.drop()
+
+    agent = FakeAgent(script=first, resume="silent", faults=[None, None, "silent", "silent"])
+    async with agent.running(), make_relay(agent, fallback_message=FALLBACK, **FAST) as relay:
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
+            await call.wait_for("media", 3)
+            dropped_at = time.monotonic()
+            step = await next_step(call)
+            waited = time.monotonic() - dropped_at
+    assert [m["media"]["payload"] for m in call.events("media")] == [
+        frame(900 + i) for i in range(3)]  # nothing from the links that never got ready
+    assert_fallback(step, 10 * MS)
+    assert waited <= FAST["agent_wait_budget"] + 0.5 * MS

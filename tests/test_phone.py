@@ -149,6 +149,24 @@ async def test_session_mints_a_phone_token_only() -> None:
         assert not tokens.verify(body["token"], body["call_sid"], now=now + 61, purpose="phone")
 
 
+async def test_the_action_answer_needs_the_calls_action_token() -> None:
+    async with FakeAgent().running() as agent, phone_relay(
+            agent, fallback_message="Sorry.", fallback_number="+15550001234") as relay:
+        async with httpx.AsyncClient(base_url=relay.base_url) as http:
+            body = (await http.post("/phone/session")).json()
+            ask = {"call_sid": body["call_sid"], "action_token": body["action_token"]}
+            answer = await http.post("/phone/action", json=ask)
+            forged = await http.post("/phone/action", json={**ask, "call_sid": "CA" + "0" * 32})
+            stream_token = await http.post("/phone/action",
+                                           json={**ask, "action_token": body["token"]})
+            cross_site = await http.post("/phone/action", json=ask,
+                                         headers={"Origin": "http://evil.example"})
+    assert answer.status_code == 200
+    # a call that never streamed has no outcome: the fallback, as Twilio's action would get
+    assert answer.json()["says"] == ["Sorry."] and answer.json()["dials"] == "+15550001234"
+    assert forged.status_code == stream_token.status_code == cross_site.status_code == 403
+
+
 async def test_session_from_elsewhere_needs_the_password() -> None:
     async with FakeAgent().running() as agent, phone_relay(agent, phone_password="pw") as relay:
         async with httpx.AsyncClient(base_url=relay.base_url,
@@ -331,5 +349,11 @@ async def test_softphone_shows_a_denied_microphone_and_the_relay_hanging_up(tmp_
         await browser.wait_until(page, "phoneStats.state === 'ended'", 5 * MS)
         text = await browser.evaluate(page, status)
         assert text == "Call ended by the relay, close code 1000 (agent ended the session)."
+        # as Twilio would, the page asked the <Connect action> what the caller hears next
+        await browser.wait_until(page, "!!phoneStats.next", 5 * MS)
+        assert await browser.evaluate(page, "phoneStats.next.hangs_up") is True
+        transcript = await browser.evaluate(page, "document.getElementById('transcript')"
+                                                  ".innerText")
+        assert "Next, the caller hears: hangs up." in transcript
         assert (await agent.session()).violations == []
         assert browser.console == [], browser.console

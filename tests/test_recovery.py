@@ -131,11 +131,17 @@ def test_a_drop_resumes_then_opens_a_fresh_session_then_falls_back() -> None:
         assert "sess_1" in step.text and "fresh session" in step.text
     r.begin(Mode.RESUME, now=50.0)
     r.failed(TIMEOUT, now=50.0 + s.agent_resume_timeout)
-    step = r.failed(TIMEOUT, now=50.0 + s.agent_resume_timeout + s.agent_ready_timeout)
-    assert isinstance(step.next, Attempt) and step.next.number == 2  # the fresh one's retry
-    final = r.failed(TIMEOUT, now=50.0 + s.agent_wait_budget)
+    silent_fresh = 50.0 + s.agent_resume_timeout + s.agent_ready_timeout
+    final = r.failed(TIMEOUT, now=silent_fresh)  # no time left for the fresh one's retry
     assert isinstance(final.next, GiveUp)
-    assert "caller waited 7.0 s" in final.text
+    assert f"caller waited {silent_fresh - 50:.1f} s" in final.text
+    # with a longer budget, the fresh session gets its retry, cut to the budget
+    r = recovery(Settings(agent_wait_budget=8.0))
+    r.begin(Mode.RESUME, now=50.0)
+    r.failed(TIMEOUT, now=50.0 + s.agent_resume_timeout)
+    step = r.failed(TIMEOUT, now=silent_fresh)
+    assert isinstance(step.next, Attempt) and step.next.number == 2
+    assert step.next.deadline == 58.0
 
 
 def test_a_fresh_session_refused_by_the_operator_falls_back() -> None:

@@ -116,6 +116,11 @@ async def test_keys_call_tools_and_zero_lets_the_agent_hang_up() -> None:
     kinds = result.kinds()
     assert kinds.index("tool.call") < kinds.index("tool.result") < kinds.index("hang-up")
     assert result.recording is None
+    # then, as Twilio would, it asked the <Connect action> what the caller hears next
+    assert result.next_step is not None and result.next_step.hangs_up
+    assert result.next_step.says == () and result.next_step.dials is None
+    assert kinds.index("hang-up") < kinds.index("action")
+    assert details(result, "action") == ["hangs up"]
 
 
 @pytest.mark.anyio
@@ -137,6 +142,22 @@ async def test_a_stream_closed_with_an_error_code_is_a_failure() -> None:
     assert not result.ok and result.hung_up_by == "relay"
     assert result.error is not None and "closed the stream with code 1011" in result.error
     assert "\n" not in result.error
+
+
+
+@pytest.mark.anyio
+async def test_the_simulator_shows_the_fallback_the_caller_hears_when_no_agent_answers() -> None:
+    lines: list[str] = []
+    async with run_relay(lambda port: settings_for(
+            port, "ws://127.0.0.1:1", fallback_message="Sorry, nobody is here.",
+            fallback_number="+15550001234", agent_retry_backoff=0.05), Registry()) as relay:
+        result = await call(relay, lines, audio=silence(200))
+    step = result.next_step
+    assert step is not None and step.says == ("Sorry, nobody is here.",)
+    assert step.dials == "+15550001234"
+    (shown,) = [line for line in lines if "caller hears next" in line]
+    assert "Twilio says 'Sorry, nobody is here.', then dials +15550001234" in shown
+    assert any("agent fault" in line and "retrying" in line for line in lines), lines
 
 
 def test_an_unreachable_relay_is_one_line_and_a_non_zero_exit(capsys) -> None:
