@@ -8,6 +8,10 @@ The map, in the order a call meets it::
       serving.py           how the app is served: uvicorn's WebSocket protocol, tuned for streams
       workers.py           ``WORKERS``: several processes on one socket (uvicorn's supervisor)
       routes.py            HTTP and WebSocket routes, the lifespan, one error boundary per call
+      admission.py         which calls /twiml takes (rate limit, draining, lag, caps) and which
+                           stream each single-use token opens
+      load.py              the event loop's lag, measured all the time by a timer's overshoot
+      draining.py          SIGTERM: refuse new calls, let live ones finish, then exit 0
       security.py          Twilio signatures and per-call stream tokens
       netaddr.py           is this address (host, URL, client) on this machine? one answer
       twiml.py             TwiML documents (twilio's builder)

@@ -19,7 +19,7 @@ from relay.security import twilio_signature
 from relay.tools import ToolContext
 from tests.conftest import AUTH_TOKEN, MS, RunLog
 from tests.fakes import KEY, AgentSession, FakeAgent
-from tests.test_admission import post_twiml, refused
+from tests.helpers import post_twiml, refused
 
 pytestmark = pytest.mark.anyio
 FULL_NUMBER = re.compile(r"\+[1-9]\d{6,14}")
