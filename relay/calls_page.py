@@ -8,7 +8,8 @@
   call's record (live or finished); ``POST /api/calls/{sid}/hangup``: the agent says a short
   goodbye and the call hangs up once it is heard (bounded by ``HANGUP_TIMEOUT``), or at once
   with ``?now=1``; ``GET /api/events``: server-sent events, one ``calls`` event with the live
-  list whenever it changes (and every second, for the durations).
+  list whenever it changes (and every second, for the durations); ``?call={sid}``: ``call``
+  events with that call's record instead, then ``end`` once it is over.
 
 Every route is for the readers ``relay.admin_access`` allows; the hang-up also refuses
 anything a page on another site could send.
@@ -100,19 +101,20 @@ def calls_routes(relay: Relay) -> list[BaseRoute]:
                              "recent": [recent_summary(r) for r in monitor.recent()]},
                             headers={"Cache-Control": "no-store"})
 
+    def call_record(sid: str) -> dict[str, Any] | None:
+        watch = monitor.find(sid)
+        if watch is not None:
+            return {**watch.recorder.record(loop_time()), "live": True}
+        found = monitor.find_record(sid)
+        return None if found is None else {**found, "live": False}
+
     async def api_call(request: Request) -> Response:
         refused = admin_access.refuse_reader(request, token)
         if refused is not None:
             return refused
-        sid = request.path_params["sid"]
-        watch = monitor.find(sid)
-        if watch is not None:
-            record = {**watch.recorder.record(loop_time()), "live": True}
-        else:
-            found = monitor.find_record(sid)
-            if found is None:
-                return JSONResponse({"error": "no such call"}, status_code=404)
-            record = {**found, "live": False}
+        record = call_record(request.path_params["sid"])
+        if record is None:
+            return JSONResponse({"error": "no such call"}, status_code=404)
         return JSONResponse(record, headers={"Cache-Control": "no-store"})
 
     async def api_hangup(request: Request) -> Response:
@@ -133,11 +135,20 @@ def calls_routes(relay: Relay) -> list[BaseRoute]:
         if refused is not None:
             return refused
 
+        sid = request.query_params.get("call")
+
         async def stream() -> AsyncIterator[bytes]:
             yield b"retry: 1000\n\n"
             until = loop_time() + EVENTS_LIFETIME
             while loop_time() < until:
-                yield b"event: calls\ndata: " + orjson.dumps(live_list()) + b"\n\n"
+                if sid is None:
+                    yield b"event: calls\ndata: " + orjson.dumps(live_list()) + b"\n\n"
+                else:
+                    record = call_record(sid)
+                    yield b"event: call\ndata: " + orjson.dumps(record) + b"\n\n"
+                    if record is None or not record["live"]:
+                        yield b"event: end\ndata: {}\n\n"  # the page stops listening
+                        return
                 await monitor.changed(EVENTS_INTERVAL)
 
         return StreamingResponse(stream(), media_type="text/event-stream",

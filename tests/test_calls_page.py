@@ -78,6 +78,12 @@ async def test_calls_page_shows_a_live_call_hangs_it_up_and_draws_its_timeline(
             assert "Write to [redacted]" in text or "agent: I" in text  # the last line said
             assert "+15550001111" not in await devtools.evaluate(page, "document.body.innerHTML")
             await screenshot(devtools, page, shots, "calls-live.png")
+            # The live call's own view, open while the call goes on.
+            view = await open_page(devtools, relay.base_url + f"/calls/{sid}")
+            turns = "document.querySelectorAll('#transcript .turn').length"
+            await devtools.wait_until(view, f"{turns} === 5", 10 * MS)
+            assert await devtools.evaluate(view, "document.getElementById('call-title')"
+                                           ".textContent") == f"{sid} (live)"
 
             await devtools.evaluate(page, f"{row}.querySelector('button.hangup').click()")
             (ask,) = await session.wait_for("reply.create", timeout=5 * MS)
@@ -90,9 +96,9 @@ async def test_calls_page_shows_a_live_call_hangs_it_up_and_draws_its_timeline(
         assert "operator_hung_up" in await devtools.evaluate(page, f"{recent}.innerText")
         await screenshot(devtools, page, shots, "calls-recent.png")
 
-        view = await open_page(devtools, relay.base_url + f"/calls/{sid}")
-        await devtools.wait_until(view, "!!document.querySelector('svg#timeline rect.agent')",
-                                  10 * MS)
+        # The view follows the call to its end without a reload: the goodbye, the outcome.
+        title = "document.getElementById('call-title').textContent"
+        await devtools.wait_until(view, f"{title}.endsWith('(operator_hung_up)')", 10 * MS)
         drawn = await devtools.evaluate(view, """JSON.stringify({
             caller: document.querySelectorAll('svg#timeline rect.caller').length,
             agent: document.querySelectorAll('svg#timeline rect.agent').length,

@@ -21,11 +21,14 @@ import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from relay.call_control import end_call, transfer_call
 from relay.local.caller import SimulatedCall
 from relay.record_log import read_records
 from relay.redaction import REDACTED
+from relay.security import twilio_signature
 from tests.conftest import AUTH_TOKEN, MS, RunningRelay
 from tests.fakes import AgentSession, FakeAgent
 from tests.helpers import (
@@ -417,3 +420,26 @@ async def test_calls_refused_at_the_webhook_are_counted_by_outcome(make_relay,
         _, after = await scrape(relay)
     assert moved(before, after, "relay_calls_total", outcome="refused_busy") == 1
     assert moved(before, after, "relay_calls_total", outcome="refused_rate_limited") == 1
+
+
+async def test_a_stream_that_never_starts_counts_as_stream_failed(make_relay,
+                                                                  tmp_path: Path) -> None:
+    async with relay_with(None, make_relay, tmp_path, start_timeout=0.3 * MS) as (agent, relay):
+        _, before = await scrape(relay)
+        url = relay.settings.stream_url
+        headers = {"x-twilio-signature": twilio_signature(AUTH_TOKEN, url, {})}
+        async with connect(url, additional_headers=headers, compression=None) as ws:
+            await ws.send(orjson.dumps({"event": "connected", "protocol": "Call"}).decode())
+            with pytest.raises(ConnectionClosed):
+                async with asyncio.timeout(5 * MS):
+                    await ws.recv()
+            assert ws.close_code == 1008
+        async with asyncio.timeout(3 * MS):  # counted as the bridge finishes, just after
+            while True:
+                _, after = await scrape(relay)
+                if moved(before, after, "relay_calls_total", outcome="stream_failed"):
+                    break
+                await asyncio.sleep(0.02)
+    assert moved(before, after, "relay_calls_total", outcome="stream_failed") == 1
+    assert read_records(tmp_path / "calls") == []  # no start: never a call, nothing recorded
+

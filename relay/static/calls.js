@@ -187,17 +187,24 @@ function renderCall(record) {
 
 async function callView(sid) {
   $("#call").hidden = false;
-  const load = async () => {
-    try {
-      const record = await getJSON(`/api/calls/${encodeURIComponent(sid)}`);
-      renderCall(record);
-      $("#status").textContent = record.live ? "live" : "";
-      if (record.live) setTimeout(load, 1000);
-    } catch (error) {
-      $("#status").textContent = String(error.message || error);
-    }
-  };
-  load();
+  let record;
+  try {
+    record = await getJSON(`/api/calls/${encodeURIComponent(sid)}`);
+  } catch (error) {
+    $("#status").textContent = String(error.message || error);
+    return;
+  }
+  renderCall(record);
+  if (!record.live) return;
+  $("#status").textContent = "live";
+  // A live call: its record as it grows, until it ends.
+  const events = new EventSource(`/api/events?call=${encodeURIComponent(sid)}`);
+  events.addEventListener("call", (event) => {
+    const update = JSON.parse(event.data);
+    if (update) renderCall(update);
+    $("#status").textContent = update && update.live ? "live" : "";
+  });
+  events.addEventListener("end", () => events.close());
 }
 
 const match = location.pathname.match(/^\/calls\/([^/]+)$/);
