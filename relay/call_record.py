@@ -170,11 +170,6 @@ class CallRecorder:
         self.activity = "listening"
         return tool.seconds
 
-    def agent_reconnected(self, result: str, now: float) -> None:
-        if len(self.agent_reconnects) < 50:
-            self.agent_reconnects.append(result)
-        self._event(now, "agent.reconnected", result=result)
-
     def ended(self, reason: str, now: float, frames: Mapping[str, int],
               outcome: Outcome | None = None) -> None:
         self.ended_at = now
@@ -284,6 +279,14 @@ class CallRecorder:
         if len(self.agent_errors) < 50:
             self.agent_errors.append(code)
         self._event(now, "agent.error", code=code)
+
+    def _agent_reconnect(self, data: Mapping[str, Any], now: float) -> None:
+        """The agent link was lost and replaced: ``resumed`` (the same session),
+        ``new_session`` (a fresh one) or ``failed`` (the caller gets the fallback)."""
+        result = str(data.get("result"))[:32]
+        if len(self.agent_reconnects) < 50:
+            self.agent_reconnects.append(result)
+        self._event(now, "agent.reconnected", result=result)
 
     def _dtmf(self, data: Mapping[str, Any], now: float) -> None:
         self._event(now, "dtmf", digit=str(data.get("digit", ""))[:4])
@@ -404,4 +407,5 @@ _HANDLERS = {
     "reply.interrupted": CallRecorder._reply_interrupted,
     "agent.error": CallRecorder._agent_error,
     "dtmf": CallRecorder._dtmf,
+    "agent.reconnect": CallRecorder._agent_reconnect,
 }

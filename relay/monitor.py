@@ -59,13 +59,6 @@ class CallWatch:
     def dialing(self) -> None:
         self.recorder.dialing(self._loop.time())
 
-    def agent_reconnected(self, result: str) -> None:
-        """The agent link was lost and replaced: ``resumed`` (same session, resume token),
-        ``new_session`` (a fresh one) or ``failed`` (the caller gets the fallback)."""
-        self.recorder.agent_reconnected(result, self._loop.time())
-        self._monitor.metrics.agent_reconnected(result)
-        self._monitor._touch()
-
     def agent_opened(self, closed: asyncio.Future[Any]) -> None:
         """An agent socket opened; ``closed`` resolves when it is gone."""
         self._monitor._agent_session_opened(closed)

@@ -443,3 +443,36 @@ async def test_a_stream_that_never_starts_counts_as_stream_failed(make_relay,
     assert moved(before, after, "relay_calls_total", outcome="stream_failed") == 1
     assert read_records(tmp_path / "calls") == []  # no start: never a call, nothing recorded
 
+
+
+RECOVERY: dict[str, Any] = dict(agent_open_timeout=0.4 * MS, agent_ready_timeout=0.4 * MS,
+                                agent_retry_backoff=0.05, agent_resume_timeout=0.4 * MS,
+                                agent_wait_budget=2.0 * MS)
+
+
+@pytest.mark.parametrize(("resume", "result"), [("accept", "resumed"),
+                                                ("refuse", "new_session")])
+async def test_an_agent_drop_mid_call_is_counted_and_recorded_by_result(
+        make_relay, tmp_path: Path, resume: str, result: str) -> None:
+    async def drop_once(session: AgentSession) -> None:
+        if session is agent.sessions[0]:
+            await speak(session, "greet", 3, "Hello!", first=900)
+            await asyncio.sleep(0.05)
+            session.drop()
+
+    agent = FakeAgent(script=drop_once, resume=resume)
+    async with agent.running(), make_relay(agent, call_log_dir=str(tmp_path / "calls"),
+                                           **RECOVERY) as relay:
+        _, before = await scrape(relay)
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
+            replaced = await agent.session(1 if resume == "accept" else 2, timeout=5 * MS)
+            await replaced.ready.wait()
+            await call.hang_up()
+            await call.wait_closed(5 * MS)
+        (record,) = await wait_for_records(tmp_path / "calls", 1)
+        _, after = await scrape(relay)
+    assert moved(before, after, "relay_agent_reconnects_total", result=result) == 1
+    assert record["agent_reconnects"] == [result] and record["outcome"] == "caller_hung_up"
+    assert "agent.reconnected" in [e["event"] for e in record["events"]]
+    if result == "new_session":
+        assert len(record["agent_session_ids"]) == 2

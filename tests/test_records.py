@@ -43,7 +43,7 @@ def recorded_call(*, sid: str = "CA1", start: float = 100.0, wall: float | None 
     r.tool_finished("c1", start + 2.4, error=tool_error)
     r.event("reply.started", {"reply_id": "r3"}, start + 2.4)
     r.event("reply.audio", {"reply_id": "r3"}, start + 2.0 + response)
-    r.agent_reconnected("resumed", start + 3.0)
+    r.event("agent.reconnect", {"result": "resumed"}, start + 3.0)
     r.ended(reason, start + 5.0, {"to_agent": 250, "to_caller": 100,
                                   "dropped_before_ready": 3, "dropped_muted": 0})
     return r.record()
