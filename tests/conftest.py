@@ -22,6 +22,7 @@ from relay import serving
 from relay.config import Settings
 from relay.monitor import CallEndedHook
 from relay.routes import Relay, create_app
+from relay.store import Store
 from relay.tools import Registry
 from tests.fakes import KEY, FakeAgent
 from tests.helpers import AUTH_TOKEN, MS, bound_socket, run_server
@@ -107,6 +108,7 @@ async def run_relay(
     registry: Registry,
     extra_routes: Callable[[Relay], list[BaseRoute]] | None = None,
     call_ended: CallEndedHook | None = None,
+    store: Store | None = None,
     **server_options: Any,
 ) -> AsyncIterator[RunningRelay]:
     """uvicorn serving the real app on 127.0.0.1:0, configured as ``app.py`` configures it."""
@@ -115,7 +117,7 @@ async def run_relay(
     # The routes app.py adds (the local agent, the softphone) unless a test names its own.
     app = create_app(settings, registry,
                      extra_routes=extra_routes or functools.partial(local_routes, settings),
-                     call_ended=call_ended)
+                     call_ended=call_ended, store=store)
     config = serving.config(app, log_level="warning", lifespan="on", **server_options)
     async with run_server(config, sock) as server:
         yield RunningRelay(settings, server)
@@ -128,9 +130,11 @@ def make_relay() -> Callable[..., contextlib.AbstractAsyncContextManager[Running
     @contextlib.asynccontextmanager
     async def make(agent: FakeAgent, *, tools: Iterable[Callable[..., Any]] = (),
                    server: dict[str, Any] | None = None, call_ended: CallEndedHook | None = None,
+                   store: Store | None = None,
                    **overrides: Any) -> AsyncIterator[RunningRelay]:
         async with run_relay(lambda port: test_settings(port, agent.url, **overrides),
-                             Registry(tools), call_ended=call_ended, **(server or {})) as relay:
+                             Registry(tools), call_ended=call_ended, store=store,
+                             **(server or {})) as relay:
             yield relay
 
     return make

@@ -24,6 +24,7 @@ from relay.config import Settings
 from relay.errors import ConfigError
 from relay.local.caller import SimulatedCall, new_sid
 from relay.outcomes import Outcome
+from relay.redis_store import RedisStore
 from relay.security import twilio_signature
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import FakeAgent
@@ -276,3 +277,33 @@ async def test_a_second_stream_for_one_call_sid_is_logged(make_relay, caplog) ->
             f"[{sid}] a second stream for this CallSid refused: its token already opened a stream",
             f"[{sid}] a second stream for this CallSid let in: it has a token of its own (a second webhook)",
         ]
+
+
+@pytest.mark.anyio
+async def test_instances_sharing_a_redis_store_share_agent_sessions_and_used_tokens(
+        make_relay, redis_server) -> None:
+    store = RedisStore.from_url(redis_server.url, timeout=1.0)
+    try:
+        async with FakeAgent().running() as agent, \
+                make_relay(agent, agent_max_sessions=1, store=store) as a, \
+                make_relay(agent, agent_max_sessions=1, store=store) as b:
+            async with SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN) as call:
+                await (await agent.session()).ready.wait()
+                _, doc = await post_twiml(b.base_url)
+                assert refused(doc) == "busy", "the account's one session is in use on A"
+                # A's token, presented to B (its stream URL and signature), opens nothing
+                url = b.settings.stream_url
+                ws = await connect(url, additional_headers={
+                    "x-twilio-signature": twilio_signature(AUTH_TOKEN, url, {})})
+                await ws.send(orjson.dumps({"event": "start", "streamSid": "MZx", "start": {
+                    "streamSid": "MZx", "callSid": call.call_sid,
+                    "customParameters": call.stream.parameters}}), text=True)
+                await asyncio.wait_for(ws.wait_closed(), 3 * MS)
+                assert ws.close_code == 1008
+                await call.hang_up()
+                await asyncio.wait_for((await agent.session()).closed.wait(), 3 * MS)
+            await asyncio.sleep(0.05)
+            _, doc = await post_twiml(b.base_url)
+            assert refused(doc) is None
+    finally:
+        await store.aclose()
