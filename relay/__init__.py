@@ -16,6 +16,7 @@ The map, in the order a call meets it::
       netaddr.py           is this address (host, URL, client) on this machine? one answer
       twiml.py             TwiML documents (twilio's builder)
       outcome_records.py   why a stream was closed, by CallSid, for the <Connect action> answer
+      recovery.py          getting an agent and getting it back: retry, resume, fresh, fallback
       bridge.py            CallBridge: the one owner of a call's sockets, tasks and timeouts
       call_tools.py        a call's tools: runs tool calls, carries out hang-ups and transfers
       protocol.py          CallProtocol: the pure state of a call, messages in, actions out

@@ -256,6 +256,7 @@ class CallBridge:
                 s.agent_url,
                 headers={"Authorization": f"Bearer {action.credential or s.agent_key}"},
                 on_message=self._on_agent_message,
+                ping_interval=s.agent_ping_interval,
                 open_timeout=max(0.0, min(attempt.open_timeout,
                                           attempt.deadline - time.monotonic())),
                 max_size=AGENT_MAX_MESSAGE,

@@ -85,6 +85,9 @@ class Settings:
     agent_retry_backoff: float = 0.3  # before the one retry of a failed attempt
     agent_resume_timeout: float = 2.5  # a resume attempt, open and ready together
     agent_wait_budget: float = 6.5  # the caller's longest silence before the fallback
+    # A keepalive ping to the agent this often; one left unanswered until the next means the
+    # link is dead (a drop: resumed).
+    agent_ping_interval: float = 10.0
     agent_close_timeout: float = 3.0
     # Each request to Twilio's REST API (a transfer, an outbound call, a poll of its status).
     twilio_rest_timeout: float = 10.0
@@ -212,6 +215,7 @@ class Settings:
         take("LOG_FORMAT", "log_format", _choice("text", "json"))
         for key in ("TOOL_TIMEOUT", "START_TIMEOUT", "AGENT_OPEN_TIMEOUT", "AGENT_READY_TIMEOUT",
                     "AGENT_RETRY_BACKOFF", "AGENT_RESUME_TIMEOUT", "AGENT_WAIT_BUDGET",
+                    "AGENT_PING_INTERVAL",
                     "AGENT_CLOSE_TIMEOUT", "TWILIO_REST_TIMEOUT", "HANGUP_TIMEOUT",
                     "MAX_CALL_SECONDS", "TOKEN_TTL", "OUTCOME_TTL", "CALL_ENDED_HOOK_TIMEOUT"):
             take(key, key.lower(), _seconds)

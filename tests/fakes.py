@@ -264,10 +264,10 @@ class FakeAgent:
         if session.authorization not in (f"Bearer {KEY}", f"Bearer {state.resume_token}"):
             return await self._refuse(session, "session_forbidden",
                                       "Session belongs to another credential")
-        for other in self.sessions:  # a connection the server still holds is replaced
+        for other in self.sessions:  # a connection the server still holds is cut
             if other is not session and other._state is state and not other.closed.is_set():
                 other._state = None
-                await other.ws.close(1001)
+                other.ws.transport.abort()
         state.dropped_at = None
         state.resume_token = f"resume_{session_id}_{len(self.sessions)}"
         session._state, session.session_id, session.resumed = state, session_id, True

@@ -493,3 +493,29 @@ async def test_a_drop_whose_resume_and_fresh_sessions_never_answer_falls_back_in
         frame(900 + i) for i in range(3)]  # nothing from the links that never got ready
     assert_fallback(step, 10 * MS)
     assert waited <= FAST["agent_wait_budget"] + 0.5 * MS
+
+
+async def test_a_keepalive_ping_left_unanswered_is_a_drop_and_is_resumed(make_relay,
+                                                                         caplog) -> None:
+    interval = 0.2 * MS
+
+    async def first(session: AgentSession) -> None:
+        await greet(session)
+        session.ws.transport.pause_reading()  # a dead peer: pings go unanswered
+
+    async def resumed(session: AgentSession) -> None:
+        await speak(session, "after", 970, 1)
+
+    agent = FakeAgent(script=first, resume_script=resumed)
+    async with agent.running(), make_relay(agent, agent_ping_interval=interval, **FAST) as relay:
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
+            await call.wait_for("media", 3)
+            heard_at = time.monotonic()
+            (back,) = (await call.wait_for("media", 4, 5 * MS))[3:]
+            assert back["media"]["payload"] == frame(970)
+            assert time.monotonic() - heard_at < 2 * interval + BUDGET
+            agent.sessions[0].ws.transport.resume_reading()
+            await call.hang_up()
+    new = agent.sessions[1]
+    assert new.resumed and new.received[0]["type"] == "session.resume"
+    assert any("agent link lost" in r.getMessage() for r in caplog.records)
