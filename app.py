@@ -117,7 +117,8 @@ def serve_workers(settings: Settings) -> int:
     configure_logging(settings)
     log.info("serving with %d worker processes", settings.workers)
     log.warning("WORKERS=%d: each worker process counts its own limits and single-use "
-                "tokens (the instances share no store)", settings.workers)
+                "tokens and keeps its own call outcomes for the <Connect action> (the "
+                "instances share no store)", settings.workers)
     return workers.serve(settings, "app:create_app")
 
 
