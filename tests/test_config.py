@@ -99,3 +99,22 @@ def test_a_stream_token_opens_only_its_own_call_and_purpose() -> None:
     assert not tokens.verify(f"{int(expires) + 3600}.{mac}", "CA1", now=1000.0)  # extended
     for forged in ("", ".", "abc.def", f"{expires}.", "1060"):
         assert not tokens.verify(forged, "CA1", now=1000.0)
+
+
+def test_the_fallback_and_recovery_settings_are_read_and_checked() -> None:
+    settings = Settings.from_env({
+        "FALLBACK_MESSAGE": "Sorry, call back later.", "FALLBACK_NUMBER": "+15550001234",
+        "AGENT_RECONNECT_GREETING": "", "AGENT_READY_TIMEOUT": "2", "AGENT_RETRY_BACKOFF": "0.5",
+        "AGENT_RESUME_TIMEOUT": "1.5", "AGENT_WAIT_BUDGET": "6", "AGENT_PING_INTERVAL": "5",
+        "OUTCOME_TTL": "120", "TRANSFER_NUMBER": "+15550009999"})
+    assert (settings.fallback_message, settings.fallback_number) == (
+        "Sorry, call back later.", "+15550001234")
+    assert settings.agent_reconnect_greeting is None  # empty: the fresh session listens first
+    assert (settings.agent_ready_timeout, settings.agent_retry_backoff,
+            settings.agent_resume_timeout, settings.agent_wait_budget,
+            settings.agent_ping_interval, settings.outcome_ttl) == (2, 0.5, 1.5, 6, 5, 120)
+    assert settings.transfers_enabled  # a number is enough: the <Connect action> dials it
+    assert settings.action_url == "http://localhost:8080/call-action"
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"FALLBACK_NUMBER": "555", "AGENT_WAIT_BUDGET": "0"})
+    assert "FALLBACK_NUMBER: " in str(info.value) and "AGENT_WAIT_BUDGET: " in str(info.value)
