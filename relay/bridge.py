@@ -51,6 +51,7 @@ from relay import agent_messages
 from relay.agent_link import AgentLink, LinkClosed, Message
 from relay.call_record import outcome_for
 from relay.call_tools import CallTools
+from relay.call_directory import CallDirectory, LiveEntry
 from relay.config import Settings
 from relay.errors import CallEnded, ProtocolViolation
 from relay.masking import mask_number, mask_numbers
@@ -126,8 +127,11 @@ class CallBridge:
         monitor: Monitor,
         open_stream: StreamOpener | None = None,
         store: Store | None = None,
+        directory: CallDirectory | None = None,
     ) -> None:
         self._twilio = twilio_ws
+        self._directory = directory
+        self._listed = False  # the call is in the live-call directory
         self._settings = settings
         self._tokens = tokens
         self._purpose = purpose
@@ -220,7 +224,19 @@ class CallBridge:
             if not await self._open_stream(self._call_sid, self._token):
                 raise CallEnded("stream rejected: its token already opened a stream", 1008)
             self.opened_call_sid = self._call_sid
+        self._list_call()
         self._perform(self.protocol.open_session())  # the session.update
+
+    def _list_call(self) -> None:
+        """Put the call in the live-call directory, where every instance sees it."""
+        info = self.protocol.info
+        if self._directory is None or info is None:
+            return
+        params = {k: v for k, v in info.parameters.items() if k != "token"}
+        entry = LiveEntry(call_sid=info.call_sid, instance="", started_at=time.time(),
+                          direction=params.get("direction", self._purpose), parameters=params)
+        self._listed = True
+        self._task(self._directory.add(entry, self.hang_up), "call directory")
 
     async def _first(self, event: asyncio.Future[Any], within: float | None = None,
                      late: CallEnded | None = None) -> None:
@@ -364,6 +380,8 @@ class CallBridge:
             finally:
                 agent.abort()  # a no-op once closed; frees the socket even if cancelled
         ws = self._twilio
+        if self._directory is not None and self._listed:
+            await self._directory.remove(self._call_sid)
         if (ws.client_state is WebSocketState.CONNECTED
                 and ws.application_state is WebSocketState.CONNECTED):
             await self._record(ended)  # before the close: Twilio asks for it right after
@@ -486,6 +504,8 @@ class CallBridge:
                         message = redact(message)
                 self.log.log(logging.getLevelName(action.level), "%s", mask_numbers(message),
                              extra={"event": action.kind} if action.kind else None)
+                if action.kind == "agent.ready":
+                    self._agent_ready()
                 if self._observe and action.kind and action.kind not in _RECORD_ONLY:
                     self._send_twilio({"event": "relay.log", "kind": action.kind,
                                        "text": action.message})
@@ -506,6 +526,14 @@ class CallBridge:
                 self._task(self.tools.transfer(action.number), "transfer")
             elif isinstance(action, Authorize):
                 self._authorize(action.info)
+
+    def _agent_ready(self) -> None:
+        """Keep the session's id and resume token where another instance can resume it."""
+        if self._directory is not None and self._listed:
+            self._task(self._directory.update(self._call_sid,
+                                              session_id=self.protocol.session_id,
+                                              resume_token=self.protocol.resume_token),
+                       "call directory")
 
     def _task(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``work`` as a task of the call, unless the call is already ending."""

@@ -115,6 +115,13 @@ class Settings:
                                self.twilio_auth_token or secrets.token_urlsafe(32))
         if self.phone_enabled is None:
             object.__setattr__(self, "phone_enabled", not self.twilio_auth_token)
+    # The shared store of several instances (relay/shared_state.py); None: this process only.
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
+    redis_timeout: float = 0.25  # each Redis operation; past it the relay fails open
+    # A live call's entry (and agent-session slot) in the shared store lasts this long past
+    # its holder's last renewal (every third of it): the time a crashed instance's calls
+    # take to free their slots.
+    call_lease: float = 15.0
 
     @property
     def local_agent(self) -> bool:
@@ -208,6 +215,7 @@ class Settings:
         take("FALLBACK_MESSAGE", "fallback_message")
         take("FALLBACK_NUMBER", "fallback_number", _e164)
         take("TOOLS_DIR", "tools_dir")
+        take("REDIS_URL", "redis_url", _redis_url)
         take("TOOL_RESULT_TIMING", "tool_result_timing", _choice("after_reply", "immediate"))
         take("ADMIN_TOKEN", "admin_token")
         take("CALL_LOG_DIR", "call_log_dir")
@@ -217,7 +225,8 @@ class Settings:
                     "AGENT_RETRY_BACKOFF", "AGENT_RESUME_TIMEOUT", "AGENT_WAIT_BUDGET",
                     "AGENT_PING_INTERVAL",
                     "AGENT_CLOSE_TIMEOUT", "TWILIO_REST_TIMEOUT", "HANGUP_TIMEOUT",
-                    "MAX_CALL_SECONDS", "TOKEN_TTL", "OUTCOME_TTL", "CALL_ENDED_HOOK_TIMEOUT"):
+                    "MAX_CALL_SECONDS", "TOKEN_TTL", "OUTCOME_TTL", "CALL_ENDED_HOOK_TIMEOUT",
+                    "REDIS_TIMEOUT", "CALL_LEASE"):
             take(key, key.lower(), _seconds)
         take("MAX_CONCURRENT_CALLS", "max_concurrent_calls", _count)
         take("AGENT_MAX_SESSIONS", "agent_max_sessions", _count)
@@ -258,6 +267,14 @@ def _http_url(raw: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError("must not have a query string or fragment")
     return raw.rstrip("/")
+
+
+def _redis_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
+        # never the URL itself in the message: it may hold a password
+        raise ValueError("is not a redis://, rediss:// or unix:// URL")
+    return raw
 
 
 def _ws_url(raw: str) -> str:

@@ -85,3 +85,6 @@ class FailOpenStore:
 
     async def held(self, pool: str) -> int:
         return await self._call(lambda: self.inner.held(pool), 0)
+
+    async def holders(self, pool: str) -> list[str]:
+        return await self._call(lambda: self.inner.holders(pool), [])

@@ -45,11 +45,14 @@ end
 return 1
 """
 
-# KEYS[1]: the pool. Returns how many slots have not expired.
+# KEYS[1]: the pool. Returns how many slots have not expired (ARGV[1] "list": which).
 _HELD = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[1] == 'list' then
+    return redis.call('ZRANGE', KEYS[1], 0, -1)
+end
 return redis.call('ZCARD', KEYS[1])
 """
 
@@ -115,5 +118,9 @@ class RedisStore:
         await self._run(self.client.zrem(self._pool(pool), holder))
 
     async def held(self, pool: str) -> int:
-        count = await self._run(self._held(keys=[self._pool(pool)]))
+        count = await self._run(self._held(keys=[self._pool(pool)], args=["count"]))
         return int(count)
+
+    async def holders(self, pool: str) -> list[str]:
+        found = await self._run(self._held(keys=[self._pool(pool)], args=["list"]))
+        return [str(holder) for holder in found]

@@ -39,7 +39,8 @@ from relay.outcome_records import answer, read_outcome
 from relay.outcomes import Outcome
 from relay.security import StreamTokens, is_from_twilio
 from relay.serving import RECEIVE_TEXT, SEND_TEXT
-from relay.store import MemoryStore, Store
+from relay.shared_state import SharedState
+from relay.store import Store
 from relay.tools import Registry
 
 log = logging.getLogger("relay.routes")
@@ -62,8 +63,10 @@ class Relay:
                  call_ended: CallEndedHook | None = None) -> None:
         self.settings = settings
         self.registry = registry
+        # Cross-call state: in this process, or shared by every instance (REDIS_URL).
+        self.shared = SharedState.from_settings(settings)
         # Outcome records for the <Connect action> request (and other cross-call state).
-        self.store: Store = store if store is not None else MemoryStore()
+        self.store: Store = store if store is not None else self.shared.store
         self.monitor = Monitor(
             call_log_dir=settings.call_log_dir, redact_transcripts=settings.redact_transcripts,
             call_ended=call_ended, hook_timeout=settings.call_ended_hook_timeout,
@@ -183,7 +186,7 @@ class Relay:
         bridge = CallBridge(ws, settings=self.settings, registry=self.registry, http=self.http,
                             tokens=self.tokens, purpose=purpose, monitor=self.monitor,
                             open_stream=self.admission.open_stream if purpose == "twilio" else None,
-                            store=self.store)
+                            store=self.store, directory=self.shared.directory)
         self.calls.add(bridge)
         try:
             await bridge.run()
@@ -228,7 +231,8 @@ class Relay:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
+        async with (httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http,
+                    self.shared.running()):
             self.http = http
             # What start-up built (modules, tools, routes) lives as long as the process: keep
             # it out of the collector's full passes, which would otherwise pause every call.

@@ -204,6 +204,7 @@ def config(app: Any, *, host: str = "127.0.0.1", port: int = 8080, log_level: st
         "log_level": log_level,
         "timeout_graceful_shutdown": 10,
         "log_config": None,
+        "workers": 1,  # WORKERS (relay/workers.py) decides, never uvicorn's WEB_CONCURRENCY
         **overrides,
     }
     return uvicorn.Config(app, **options)

@@ -45,6 +45,10 @@ class Store(Protocol):
         """How many unexpired slots ``pool`` has."""
         ...
 
+    async def holders(self, pool: str) -> list[str]:
+        """The holders of ``pool``'s unexpired slots, in no particular order."""
+        ...
+
 
 class MemoryStore:
     """The store of one process: dicts of expiry times, swept when read."""
@@ -103,3 +107,6 @@ class MemoryStore:
 
     async def held(self, pool: str) -> int:
         return len(self._slots(pool))
+
+    async def holders(self, pool: str) -> list[str]:
+        return list(self._slots(pool))

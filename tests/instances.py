@@ -36,7 +36,8 @@ class RelayProcess:
     def __init__(self, log_path: Path, **env: str) -> None:
         self.port = free_port()
         self.log_path = log_path
-        self.env = {**os.environ, **dict.fromkeys(CLEARED, ""), "HOST": "127.0.0.1",
+        inherited = {k: v for k, v in os.environ.items() if k != "WEB_CONCURRENCY"}
+        self.env = {**inherited, **dict.fromkeys(CLEARED, ""), "HOST": "127.0.0.1",
                     "PORT": str(self.port), "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", **env}
         self.proc: asyncio.subprocess.Process | None = None
 

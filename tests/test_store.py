@@ -100,8 +100,11 @@ async def test_slots_are_limited_renewed_released_and_expire(store: Store, t: Ti
     assert await store.acquire("agent", "CA1", limit=2, ttl=ttl)  # renewed: lives 30 more
     await t.wait(15)  # CA3's slot has expired, CA1's has not
     assert await store.held("agent") == 1
+    assert await store.holders("agent") == ["CA1"]
     assert await store.acquire("agent", "CA4", limit=2, ttl=ttl)
+    assert sorted(await store.holders("agent")) == ["CA1", "CA4"]
     assert await store.held("other") == 0
+    assert await store.holders("other") == []
 
 
 @pytest.mark.anyio

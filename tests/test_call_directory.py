@@ -1,0 +1,150 @@
+"""The live-call directory: every instance's calls, leases that outlive no holder, hang-ups
+across instances; against a real redis-server, and in memory for one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from relay.bus import MemoryBus, RedisBus
+from relay.call_directory import CallDirectory, HangUp, LiveEntry
+from relay.fail_open import FailOpenStore
+from relay.redis_store import RedisStore
+from relay.store import MemoryStore
+from tests.conftest import MS
+from tests.redis_server import RedisServer
+
+TIMEOUT = 0.25 * MS
+
+
+@pytest.fixture
+async def make_directory(
+        redis_server: RedisServer) -> AsyncIterator[Callable[..., CallDirectory]]:
+    clients: list[aioredis.Redis] = []
+
+    def make(name: str, lease: float = 5.0) -> CallDirectory:
+        store = RedisStore.from_url(redis_server.url, timeout=TIMEOUT)
+        bus_client = aioredis.Redis.from_url(redis_server.url)
+        clients.extend([store.client, bus_client])
+        return CallDirectory(FailOpenStore(store, retry_after=0.1),
+                             RedisBus(bus_client, timeout=TIMEOUT, retry_after=0.1),
+                             instance=name, lease=lease)
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+def entry(call_sid: str, **changes: object) -> LiveEntry:
+    return LiveEntry(call_sid=call_sid, instance="?", started_at=1000.0, direction="inbound",
+                     parameters={"caller": "+15550001111"}, **changes)  # type: ignore[arg-type]
+
+
+class HangUps:
+    """The hang-up callbacks of one test: which calls were hung up, and a wait for one."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self._changed = asyncio.Event()
+
+    def of(self, call_sid: str) -> HangUp:
+        def hang_up(*, now: bool) -> None:
+            self.calls.append(call_sid + (" now" if now else ""))
+            self._changed.set()
+        return hang_up
+
+    async def wait_for(self, call_sid: str, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while call_sid not in self.calls:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@contextlib.asynccontextmanager
+async def running(directory: CallDirectory) -> AsyncIterator[None]:
+    task = asyncio.create_task(directory.run())
+    try:
+        await asyncio.sleep(0.1 * MS)  # subscribed
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.anyio
+async def test_one_instance_lists_finds_and_hangs_up_the_others_calls(
+        make_directory: Callable[..., CallDirectory]) -> None:
+    a, b = make_directory("A"), make_directory("B")
+    hung_up = HangUps()
+    async with running(a), running(b):
+        await a.add(entry("CA1"), hung_up.of("CA1"))
+        await b.add(entry("CA2"), hung_up.of("CA2"))
+        assert sorted((e.call_sid, e.instance) for e in await b.all()) == [("CA1", "A"),
+                                                                            ("CA2", "B")]
+        await a.update("CA1", session_id="sess_1", resume_token="rt_1")
+        found = await b.find("CA1")
+        assert found is not None and (found.session_id, found.resume_token) == ("sess_1", "rt_1")
+        assert found.parameters == {"caller": "+15550001111"}
+
+        assert await b.hang_up("CA1", now=True)  # held by A: through the bus
+        await hung_up.wait_for("CA1 now", 2 * MS)
+        assert hung_up.calls == ["CA1 now"]
+        await a.remove("CA1")
+        assert [e.call_sid for e in await b.all()] == ["CA2"]
+        assert await b.find("CA1") is None
+
+
+@pytest.mark.anyio
+async def test_entries_live_while_renewed_and_vanish_with_their_holder(
+        make_directory: Callable[..., CallDirectory]) -> None:
+    lease = 0.6 * MS
+    a, b = make_directory("A", lease=lease), make_directory("B", lease=lease)
+    async with running(a):
+        await a.add(entry("CA1"), lambda: None)
+        await asyncio.sleep(lease * 2.5)  # renewed every lease / 3
+        assert [e.call_sid for e in await b.all()] == ["CA1"]
+    # A is gone without a word (as after SIGKILL): its entry lasts at most one more lease.
+    await asyncio.sleep(lease * 1.1)
+    assert await b.all() == [] and await b.find("CA1") is None
+
+
+@pytest.mark.anyio
+async def test_redis_down_keeps_this_instances_own_calls(
+        redis_server: RedisServer, make_directory: Callable[..., CallDirectory],
+        caplog: pytest.LogCaptureFixture) -> None:
+    a, b = make_directory("A"), make_directory("B")
+    hung_up = HangUps()
+    async with running(a), running(b):
+        await a.add(entry("CA1"), hung_up.of("CA1"))
+        redis_server.stop()
+        await a.add(entry("CA2"), hung_up.of("CA2"))
+        assert sorted(e.call_sid for e in await a.all()) == ["CA1", "CA2"]
+        assert await a.hang_up("CA2")  # its own call: no Redis needed
+        assert hung_up.calls == ["CA2"]
+        assert not await b.hang_up("CA1")  # cannot reach A: says so
+        redis_server.start()
+        await asyncio.sleep(0.2 * MS)  # past retry_after; the listeners resubscribe
+        await a.renew()  # the next renewal puts A's calls back in the shared directory
+        assert sorted(e.call_sid for e in await b.all()) == ["CA1", "CA2"]
+        await asyncio.sleep(1.0 * MS)  # A's listener retries every 0.1 s + its 1 s poll
+        assert await b.hang_up("CA1")
+        await hung_up.wait_for("CA1", 2 * MS)
+    assert any(r.levelno == logging.ERROR for r in caplog.records)
+
+
+@pytest.mark.anyio
+async def test_in_memory_for_one_process() -> None:
+    directory = CallDirectory(MemoryStore(), MemoryBus(), instance="only")
+    hung_up = HangUps()
+    async with running(directory):
+        await directory.add(entry("CA1"), hung_up.of("CA1"))
+        assert [e.instance for e in await directory.all()] == ["only"]
+        assert await directory.hang_up("CA1") and hung_up.calls == ["CA1"]
+        await directory.remove("CA1")
+        assert await directory.all() == []
