@@ -49,9 +49,9 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from relay import agent_messages
 from relay.agent_link import AgentLink, LinkClosed, Message
+from relay.call_directory import CallDirectory, LiveEntry
 from relay.call_record import outcome_for
 from relay.call_tools import CallTools
-from relay.call_directory import CallDirectory, LiveEntry
 from relay.config import Settings
 from relay.errors import CallEnded, ProtocolViolation
 from relay.masking import mask_number, mask_numbers
