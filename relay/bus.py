@@ -5,7 +5,8 @@ What one instance asks of a call that another instance holds (hang it up) travel
 that listens on a channel gets each message once, and nothing is kept for an instance that was
 not listening (a hang-up for a call nobody holds any more is rightly lost). Publishing has the
 store's short timeout and reports failure instead of raising; a listener that loses Redis
-reconnects by itself every ``retry_after`` seconds, with one ERROR line per outage.
+reconnects by itself every ``retry_after`` seconds, with one WARNING line per outage (the
+store's ERROR line is the one that marks it).
 """
 
 from __future__ import annotations
@@ -87,9 +88,9 @@ class RedisBus:
                         data = message["data"]
                         handler(data.decode() if isinstance(data, bytes) else str(data))
             except (RedisError, OSError, TimeoutError) as exc:
-                if not down:
-                    log.error("lost the bus channel %s (%s: %s): retrying every %.0f s",
-                              channel, type(exc).__name__, exc, self.retry_after)
+                if not down:  # a warning: the store's ERROR line already marks the outage
+                    log.warning("lost the bus channel %s (%s: %s): retrying every %.0f s",
+                                channel, type(exc).__name__, exc, self.retry_after)
                     down = True
             finally:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):

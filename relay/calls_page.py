@@ -7,9 +7,13 @@
 * ``GET /api/calls``: ``{"live": [...], "recent": [...]}``; ``GET /api/calls/{sid}``: one
   call's record (live or finished); ``POST /api/calls/{sid}/hangup``: the agent says a short
   goodbye and the call hangs up once it is heard (bounded by ``HANGUP_TIMEOUT``), or at once
-  with ``?now=1``; ``GET /api/events``: server-sent events, one ``calls`` event with the live
+  with ``?now=1`` (a call another instance holds is asked to hang up through the shared
+  store's bus); ``GET /api/events``: server-sent events, one ``calls`` event with the live
   list whenever it changes (and every second, for the durations); ``?call={sid}``: ``call``
   events with that call's record instead, then ``end`` once it is over.
+
+With a shared store (``REDIS_URL``) the live list also shows the calls other instances hold,
+from the live-call directory (``relay.call_directory``): what their entries say, no more.
 
 Every route is for the readers ``relay.admin_access`` allows; the hang-up also refuses
 anything a page on another site could send.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +34,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from relay import admin_access
+from relay.call_directory import LiveEntry
+from relay.masking import mask_number
 from relay.metrics import CONTENT_TYPE
 from relay.monitor import CallWatch, Monitor
 
@@ -57,6 +64,16 @@ def live_summary(watch: CallWatch, now: float) -> dict[str, Any]:
             "live": True}
 
 
+def elsewhere_summary(entry: LiveEntry, now: float) -> dict[str, Any]:
+    """A live call another instance holds, from its directory entry (less than a local one)."""
+    return {"call_sid": entry.call_sid, "direction": entry.direction,
+            "caller": mask_number(entry.parameters.get("caller", "")),
+            "called": mask_number(entry.parameters.get("called", "")),
+            "duration_seconds": round(max(0.0, now - entry.started_at), 1),
+            "activity": "on another instance", "last_line": "", "barge_ins": None,
+            "first_audio_seconds": None, "live": True, "instance": entry.instance}
+
+
 def recent_summary(record: dict[str, Any]) -> dict[str, Any]:
     keys = ("call_sid", "direction", "caller", "called", "started_at", "duration_seconds",
             "outcome", "end_reason", "first_audio_seconds", "response_p50_seconds",
@@ -66,6 +83,7 @@ def recent_summary(record: dict[str, Any]) -> dict[str, Any]:
 
 def calls_routes(relay: Relay) -> list[BaseRoute]:
     monitor: Monitor = relay.monitor
+    directory = relay.shared.directory
     token = relay.settings.admin_token
     page = (STATIC / "calls.html").read_bytes()
     script = (STATIC / "calls.js").read_bytes()
@@ -73,9 +91,16 @@ def calls_routes(relay: Relay) -> list[BaseRoute]:
     def loop_time() -> float:
         return asyncio.get_running_loop().time()
 
-    def live_list() -> list[dict[str, Any]]:
+    async def live_list() -> list[dict[str, Any]]:
+        """This instance's live calls, then those the directory knows of on other instances."""
         now = loop_time()
-        return [live_summary(w, now) for w in monitor.live()]
+        here = [live_summary(w, now) for w in monitor.live()]
+        if not relay.shared.shared:
+            return here
+        mine = {call["call_sid"] for call in here}
+        wall = time.time()
+        return here + [elsewhere_summary(e, wall) for e in await directory.all()
+                       if e.call_sid not in mine and e.instance != directory.instance]
 
     async def metrics(request: Request) -> Response:
         refused = admin_access.refuse_reader(request, token)
@@ -97,7 +122,7 @@ def calls_routes(relay: Relay) -> list[BaseRoute]:
         refused = admin_access.refuse_reader(request, token)
         if refused is not None:
             return refused
-        return JSONResponse({"live": live_list(),
+        return JSONResponse({"live": await live_list(),
                              "recent": [recent_summary(r) for r in monitor.recent()]},
                             headers={"Cache-Control": "no-store"})
 
@@ -112,8 +137,13 @@ def calls_routes(relay: Relay) -> list[BaseRoute]:
         refused = admin_access.refuse_reader(request, token)
         if refused is not None:
             return refused
-        record = call_record(request.path_params["sid"])
+        sid = request.path_params["sid"]
+        record = call_record(sid)
         if record is None:
+            elsewhere = await directory.find(sid)
+            if elsewhere is not None and elsewhere.instance != directory.instance:
+                return JSONResponse(elsewhere_summary(elsewhere, time.time()),
+                                    headers={"Cache-Control": "no-store"})
             return JSONResponse({"error": "no such call"}, status_code=404)
         return JSONResponse(record, headers={"Cache-Control": "no-store"})
 
@@ -123,10 +153,14 @@ def calls_routes(relay: Relay) -> list[BaseRoute]:
             return refused
         sid = request.path_params["sid"]
         watch = monitor.find(sid)
-        if watch is None:
-            return JSONResponse({"error": "no such live call"}, status_code=404)
         now = request.query_params.get("now") in ("1", "true")
-        watch.call.hang_up(now=now)
+        if watch is not None:
+            watch.call.hang_up(now=now)
+        elif await directory.find(sid) is None:
+            return JSONResponse({"error": "no such live call"}, status_code=404)
+        elif not await directory.hang_up(sid, now=now):  # held by another instance
+            return JSONResponse({"error": "the instance holding the call cannot be reached"},
+                                status_code=503)
         return JSONResponse({"call_sid": sid, "hanging_up": "now" if now else "after goodbye"},
                             status_code=202)
 
@@ -142,7 +176,7 @@ def calls_routes(relay: Relay) -> list[BaseRoute]:
             until = loop_time() + EVENTS_LIFETIME
             while loop_time() < until:
                 if sid is None:
-                    yield b"event: calls\ndata: " + orjson.dumps(live_list()) + b"\n\n"
+                    yield b"event: calls\ndata: " + orjson.dumps(await live_list()) + b"\n\n"
                 else:
                     record = call_record(sid)
                     yield b"event: call\ndata: " + orjson.dumps(record) + b"\n\n"

@@ -71,6 +71,7 @@ class Relay:
             call_log_dir=settings.call_log_dir, redact_transcripts=settings.redact_transcripts,
             call_ended=call_ended, hook_timeout=settings.call_ended_hook_timeout,
             tool_names=frozenset(registry.names()))
+        self.shared.register_metrics(self.monitor.metrics.registry)
         self.tokens = StreamTokens(settings.relay_secret)
         self.lag = LagMonitor()
         self.admission = Admission(settings, self.store, lag_ms=self.lag.lag_ms)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, Metric
 from redis.exceptions import RedisError
 
 from relay.bus import Bus, MemoryBus
@@ -70,6 +72,10 @@ class SharedState:
         """``relay_store_errors_total``: store operations that failed open."""
         return self.errors.errors if self.errors is not None else 0
 
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Add ``relay_store_errors_total`` to the process's metrics (read when scraped)."""
+        registry.register(_StoreErrors(self))
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         task = asyncio.create_task(self.directory.run(), name="call directory")
@@ -82,3 +88,14 @@ class SharedState:
             for close in self._closers:
                 with contextlib.suppress(RedisError, OSError):
                     await close()
+
+
+class _StoreErrors:
+    def __init__(self, shared: SharedState) -> None:
+        self._shared = shared
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "relay_store_errors",
+            "Shared-store (Redis) operations that failed or timed out; the relay failed open.",
+            value=self._shared.store_errors)

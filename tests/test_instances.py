@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from relay.local.caller import SimulatedCall
 from tests.conftest import AUTH_TOKEN, MS
@@ -35,7 +41,10 @@ async def agent() -> AsyncIterator[FakeAgent]:
 
 @pytest.fixture
 async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    # The test's own view of Redis; it reconnects once when the tests restart the server.
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True,
+                                     retry=Retry(NoBackoff(), 1),
+                                     retry_on_error=[redis.exceptions.ConnectionError])
     yield client
     await client.aclose()
 
@@ -93,12 +102,23 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float) -> fl
     return time.monotonic() - started
 
 
-async def echoed(call: SimulatedCall, payload: bytes, timeout: float) -> None:
-    """Send one frame and wait until the agent's echo of exactly those bytes comes back."""
-    before = len(call.events("media"))
-    await call.send_media(base64.b64encode(payload).decode())
-    found = await call.wait_for("media", before + 1, timeout=timeout)
-    assert base64.b64decode(found[-1]["media"]["payload"]) == payload
+async def echoed(call: SimulatedCall, payload: bytes, timeout: float) -> float:
+    """Send frames until the agent's echo of exactly ``payload`` comes back; how long it took.
+
+    Caller audio before the agent's ``session.ready`` is dropped by design, so the first
+    frames of a call (or of a resumed call) may get no echo: keep sending, as a caller talks.
+    """
+    encoded = base64.b64encode(payload).decode()
+    started = time.monotonic()
+    async with asyncio.timeout(timeout):
+        for _ in itertools.count():
+            seen = len(call.events("media"))
+            await call.send_media(encoded)
+            with contextlib.suppress(TimeoutError):
+                found = await call.wait_for("media", seen + 1, timeout=0.1)
+                if any(m["media"]["payload"] == encoded for m in found[seen:]):
+                    break
+    return time.monotonic() - started
 
 
 @pytest.mark.anyio
@@ -136,3 +156,72 @@ async def test_a_killed_instance_frees_its_calls_within_the_lease(
         freed = await eventually(lambda: gone(redis_client, call.call_sid), LEASE + 1.0 * MS)
         assert freed <= LEASE + 0.2 * MS
         await call.wait_closed(1 * MS)
+
+
+@pytest.mark.anyio
+async def test_the_calls_page_of_one_instance_lists_and_hangs_up_the_others_call(
+        pair: Callable[..., tuple[RelayProcess, ...]], agent: FakeAgent,
+        redis_client: aioredis.Redis) -> None:
+    a, b = pair()
+    await asyncio.gather(a.start(), b.start())
+    async with (SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN,
+                                   connect_to=ws_base(b)) as call,
+                httpx.AsyncClient(base_url=a.base_url, timeout=5) as page):
+        await (await agent.session(0, timeout=5 * MS)).ready.wait()
+        await eventually(lambda: held(redis_client, call.call_sid), 3 * MS)
+        live = (await page.get("/api/calls")).json()["live"]
+        assert [c["call_sid"] for c in live] == [call.call_sid]
+        assert live[0]["activity"] == "on another instance"
+        assert live[0]["caller"] != "+15550001111" and live[0]["caller"].endswith("1111")
+        assert (await page.get(f"/api/calls/{call.call_sid}")).json()["live"] is True
+
+        hangup = await page.post(f"/api/calls/{call.call_sid}/hangup?now=1",
+                                 headers={"X-Relay-Request": "1"})
+        assert hangup.status_code == 202, hangup.text
+        assert await call.wait_closed(5 * MS) == 1000  # B hung up the call A was asked about
+        await eventually(lambda: gone(redis_client, call.call_sid), 3 * MS)
+        assert (await page.get("/api/calls")).json()["live"] == []
+        missing = await page.post(f"/api/calls/{call.call_sid}/hangup",
+                                  headers={"X-Relay-Request": "1"})
+        assert missing.status_code == 404
+
+
+def log_lines(instance: RelayProcess, level: str) -> list[str]:
+    return [line for line in instance.log().splitlines() if f" {level} " in line]
+
+
+@pytest.mark.anyio
+async def test_redis_stopped_mid_call_fails_open_and_shares_again_when_back(
+        pair: Callable[..., tuple[RelayProcess, ...]], agent: FakeAgent,
+        redis_server: RedisServer, redis_client: aioredis.Redis) -> None:
+    a, b = pair()
+    await asyncio.gather(a.start(), b.start())
+    async with SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN,
+                                  connect_to=ws_base(b)) as first:
+        await echoed(first, b"\x01" * 160, 5 * MS)
+        await eventually(lambda: held(redis_client, first.call_sid), 3 * MS)
+        redis_server.stop()
+        await echoed(first, b"\x02" * 160, 5 * MS)  # the call in progress goes on
+        for _ in range(3):  # new calls are served, on either instance
+            async with SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN,
+                                          connect_to=ws_base(b)) as call:
+                await echoed(call, b"\x03" * 160, 5 * MS)
+                await call.hang_up()
+        errors = [line for line in log_lines(b, "ERROR") if "shared store unavailable" in line]
+        assert len(errors) == 1, b.log()  # one per outage, not per call
+        assert "redis://" not in b.log()
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(b.base_url + "/metrics")).text
+        assert re.search(r"^relay_store_errors_total ([1-9]\d*)\.0$", metrics, re.M), metrics
+
+        redis_server.start()  # empty: what was shared before is gone, as after a restart
+        await eventually(lambda: held(redis_client, first.call_sid), (LEASE + 2) * MS)
+        await echoed(first, b"\x04" * 160, 5 * MS)
+        async with SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN,
+                                      connect_to=ws_base(b)) as call:
+            await echoed(call, b"\x05" * 160, 5 * MS)
+            await eventually(lambda: held(redis_client, call.call_sid), 3 * MS)
+            await call.hang_up()
+    assert any("shared store available again" in line for line in log_lines(b, "INFO"))
+    assert len([ln for ln in log_lines(b, "ERROR") if "shared store unavailable" in ln]) == 1
+    assert all(not s.violations for s in agent.sessions)
