@@ -116,9 +116,10 @@ def serve_workers(settings: Settings) -> int:
     """``WORKERS`` processes on one socket, each building the app with ``create_app``."""
     configure_logging(settings)
     log.info("serving with %d worker processes", settings.workers)
-    log.warning("WORKERS=%d: each worker process counts its own limits and single-use "
-                "tokens and keeps its own call outcomes for the <Connect action> (the "
-                "instances share no store)", settings.workers)
+    if not settings.redis_url:
+        log.warning("WORKERS=%d without REDIS_URL: each worker process counts its own limits "
+                    "and single-use tokens, keeps its own call outcomes for the <Connect "
+                    "action> and lists only its own calls", settings.workers)
     return workers.serve(settings, "app:create_app")
 
 
