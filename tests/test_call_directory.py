@@ -135,7 +135,8 @@ async def test_redis_down_keeps_this_instances_own_calls(
         await asyncio.sleep(1.0 * MS)  # A's listener retries every 0.1 s + its 1 s poll
         assert await b.hang_up("CA1")
         await hung_up.wait_for("CA1", 2 * MS)
-    assert [r.name for r in caplog.records if r.levelno == logging.ERROR] == ["relay.fail_open"] * 2
+    errors = [r.name for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors in (["relay.fail_open"], ["relay.fail_open"] * 2)  # one per store at most
 
 
 @pytest.mark.anyio
