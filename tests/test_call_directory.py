@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -12,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from relay.bus import MemoryBus, RedisBus
-from relay.call_directory import CallDirectory, HangUp, LiveEntry
+from relay.call_directory import HANGUP_CHANNEL, CallDirectory, HangUp, LiveEntry
 from relay.fail_open import FailOpenStore
 from relay.redis_store import RedisStore
 from relay.store import MemoryStore
@@ -36,8 +37,9 @@ async def make_directory(
                              instance=name, lease=lease)
 
     yield make
-    for client in clients:
-        await client.aclose()
+    async with asyncio.timeout(10):  # a hang here is a failure, never a stuck run
+        for client in clients:
+            await client.aclose()
 
 
 def entry(call_sid: str, **changes: object) -> LiveEntry:
@@ -65,16 +67,36 @@ class HangUps:
                 await self._changed.wait()
 
 
+async def listeners(directory: CallDirectory) -> int:
+    """How many instances listen for hang-ups (Redis's count of the channel's subscribers)."""
+    assert isinstance(directory.bus, RedisBus)
+    counts = await directory.bus.client.pubsub_numsub("relay:" + HANGUP_CHANNEL)
+    return int(counts[0][1])
+
+
+async def subscribed(directory: CallDirectory, count: int, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        for _ in itertools.count():
+            if await listeners(directory) >= count:
+                return
+            await asyncio.sleep(0.01)
+
+
 @contextlib.asynccontextmanager
-async def running(directory: CallDirectory) -> AsyncIterator[None]:
-    task = asyncio.create_task(directory.run())
+async def running(*directories: CallDirectory) -> AsyncIterator[None]:
+    """The directories' renewals and hang-up listeners, once every listener is subscribed."""
+    tasks = [asyncio.create_task(directory.run()) for directory in directories]
     try:
-        await asyncio.sleep(0.1 * MS)  # subscribed
+        if isinstance(directories[0].bus, RedisBus):
+            await subscribed(directories[0], len(directories), 5 * MS)
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        async with asyncio.timeout(5):
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 @pytest.mark.anyio
@@ -82,7 +104,7 @@ async def test_one_instance_lists_finds_and_hangs_up_the_others_calls(
         make_directory: Callable[..., CallDirectory]) -> None:
     a, b = make_directory("A"), make_directory("B")
     hung_up = HangUps()
-    async with running(a), running(b):
+    async with running(a, b):
         await a.add(entry("CA1"), hung_up.of("CA1"))
         await b.add(entry("CA2"), hung_up.of("CA2"))
         assert sorted((e.call_sid, e.instance) for e in await b.all()) == [("CA1", "A"),
@@ -120,7 +142,7 @@ async def test_redis_down_keeps_this_instances_own_calls(
         caplog: pytest.LogCaptureFixture) -> None:
     a, b = make_directory("A"), make_directory("B")
     hung_up = HangUps()
-    async with running(a), running(b):
+    async with running(a, b):
         await a.add(entry("CA1"), hung_up.of("CA1"))
         redis_server.stop()
         await a.add(entry("CA2"), hung_up.of("CA2"))
@@ -132,7 +154,7 @@ async def test_redis_down_keeps_this_instances_own_calls(
         await asyncio.sleep(0.2 * MS)  # past retry_after; the listeners resubscribe
         await a.renew()  # the next renewal puts A's calls back in the shared directory
         assert sorted(e.call_sid for e in await b.all()) == ["CA1", "CA2"]
-        await asyncio.sleep(1.0 * MS)  # A's listener retries every 0.1 s + its 1 s poll
+        await subscribed(b, 2, 3 * MS)  # both listeners subscribe again by themselves
         assert await b.hang_up("CA1")
         await hung_up.wait_for("CA1", 2 * MS)
     errors = [r.name for r in caplog.records if r.levelno == logging.ERROR]
