@@ -13,7 +13,8 @@ checks, in order (the first that fails names the refusal):
    until the stream ends; a call whose stream never comes frees its place when its token
    expires (``TOKEN_TTL``), so a burst of webhooks cannot overshoot the cap.
 5. ``AGENT_MAX_SESSIONS``: the agent account's concurrency, as slots of the shared ``Store``
-   (every instance sharing the store shares the count), with the same lifetime.
+   (every instance sharing the store shares the count), with the same lifetime until the
+   stream starts, then a lease of ``CALL_LEASE`` renewed while the call lives.
 
 A refusal for lack of capacity (2–5) is sent to ``FALLBACK_NUMBER`` with ``<Dial>`` when it is
 set (overflow to people); a rate-limited caller always gets ``<Reject reason="busy"/>``.
@@ -30,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
@@ -50,9 +51,12 @@ AGENT_SESSIONS = "agent-sessions"  # the Store pool of the agent account's sessi
 CALLS = "calls"  # the pool of this process's calls (always in this process's memory)
 TOKEN_KEY = "stream-token:"
 CALL_KEY = "stream-call:"
-# A call's slots are renewed for its longest possible life once its stream starts: a slot a
-# crashed process left behind frees itself after that.
+# This process's place of a call is kept for its longest possible life once its stream starts
+# (a crashed process takes its places with it). The agent-session slot, which other instances
+# count too, is a lease of CALL_LEASE seconds instead, renewed while the call lives.
 SLOT_MARGIN = 60.0
+# How one hit reaches the rate limiter (the shared store's guard fails it open).
+Limited = Callable[[Callable[[], Awaitable[bool]]], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,7 @@ class Admission:
     def __init__(self, settings: Settings, store: Store, *,
                  lag_ms: Callable[[], float] = lambda: 0.0,
                  limiter_storage: Storage | None = None,
+                 limited: Limited | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = settings
         self._store = store
@@ -121,6 +126,8 @@ class Admission:
             parse(settings.caller_rate_limit) if settings.caller_rate_limit else None)
         self._limiter = MovingWindowRateLimiter(
             limiter_storage or MemoryStorage())
+        # How a hit reaches the limiter: as it is, or failing open when its storage fails.
+        self._limited = limited or _as_is
         self._caller_key = hashlib.sha256(b"relay-caller:" + settings.relay_secret.encode())
         self._streams: dict[str, int] = {}  # CallSid -> streams open in this process
 
@@ -145,8 +152,9 @@ class Admission:
 
     async def _check(self, call_sid: str, caller: str, outbound: bool) -> Refusal | None:
         s = self._settings
-        if self._rate is not None and not outbound and not await self._limiter.hit(
-                self._rate, "caller", self._caller(caller or "unknown")):
+        rate = self._rate
+        if rate is not None and not outbound and not await self._limited(
+                lambda: self._limiter.hit(rate, "caller", self._caller(caller or "unknown"))):
             return RATE_LIMITED
         refusal = load_refusal(draining=self.draining, lag_ms=self._lag_ms(),
                                max_lag_ms=s.admission_max_lag_ms)
@@ -183,9 +191,16 @@ class Admission:
         life = s.max_call_seconds + SLOT_MARGIN
         if s.max_concurrent_calls is not None:
             await self._local.acquire(CALLS, call_sid, limit=1 << 30, ttl=life)
-        if s.agent_max_sessions is not None:
-            await self._store.acquire(AGENT_SESSIONS, call_sid, limit=1 << 30, ttl=life)
+        if s.agent_max_sessions is not None:  # a lease, renewed while the call lives
+            await self._store.acquire(AGENT_SESSIONS, call_sid, limit=1 << 30,
+                                      ttl=s.call_lease)
         return True
+
+    async def renew(self, call_sid: str, lease: float) -> None:
+        """Renew the agent-session slot of a call this process streams (the directory's
+        renewal task calls it): a crashed instance's slots free themselves within ``lease``."""
+        if self._settings.agent_max_sessions is not None and call_sid in self._streams:
+            await self._store.acquire(AGENT_SESSIONS, call_sid, limit=1 << 30, ttl=lease)
 
     async def close_stream(self, call_sid: str) -> None:
         """A stream ``open_stream`` let in has ended: its call's places are free again."""
@@ -202,3 +217,7 @@ class Admission:
     async def calls(self) -> int:
         """Calls this process holds a place for (answered, or streaming)."""
         return await self._local.held(CALLS)
+
+
+async def _as_is(hit: Callable[[], Awaitable[bool]]) -> bool:
+    return await hit()

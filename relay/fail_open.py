@@ -44,6 +44,12 @@ class FailOpenStore:
         """False from a failure until an operation succeeds again."""
         return self._down_since is None
 
+    async def guard(self, op: Callable[[], Awaitable[T]], fallback: T) -> T:
+        """Run ``op`` as one of this store's operations: ``fallback`` when it raises
+        ``StoreUnavailable``, with the same outage log and count (for other clients of the
+        same Redis, such as the rate limiter's)."""
+        return await self._call(op, fallback)
+
     async def _call(self, op: Callable[[], Awaitable[T]], fallback: T) -> T:
         now = self._clock()
         if self._down_since is not None and now < self._next_try:

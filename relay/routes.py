@@ -74,7 +74,10 @@ class Relay:
         self.shared.register_metrics(self.monitor.metrics.registry)
         self.tokens = StreamTokens(settings.relay_secret)
         self.lag = LagMonitor()
-        self.admission = Admission(settings, self.store, lag_ms=self.lag.lag_ms)
+        self.admission = Admission(settings, self.store, lag_ms=self.lag.lag_ms,
+                                   limiter_storage=self.shared.limiter_storage,
+                                   limited=self.shared.limited)
+        self.shared.directory.renewals.append(self.admission.renew)
         self.calls = LiveCalls()
         self.http: httpx.AsyncClient | None = None
 

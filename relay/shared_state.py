@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from limits.errors import StorageError
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, Metric
 from redis.exceptions import RedisError
@@ -27,6 +28,7 @@ from redis.exceptions import RedisError
 from relay.bus import Bus, MemoryBus
 from relay.call_directory import CallDirectory
 from relay.config import Settings
+from relay.errors import StoreUnavailable
 from relay.fail_open import FailOpenStore
 from relay.store import MemoryStore, Store
 
@@ -39,6 +41,7 @@ class SharedState:
     shared: bool  # True: other instances see the same state (Redis)
     limiter_storage: Any = None  # limits' async storage; None: its memory storage
     errors: FailOpenStore | None = None  # the counter of store operations that failed open
+    timeout: float = 0.25  # REDIS_TIMEOUT
     _closers: list[Any] = field(default_factory=list)
 
     @classmethod
@@ -65,7 +68,24 @@ class SharedState:
                                socket_timeout=timeout, socket_connect_timeout=timeout)
         directory = CallDirectory(guarded, bus, lease=settings.call_lease)
         return cls(guarded, bus, directory, shared=True, limiter_storage=limiter,
-                   errors=guarded, _closers=[redis_store.aclose, bus_client.aclose])
+                   errors=guarded, timeout=timeout,
+                   _closers=[redis_store.aclose, bus_client.aclose])
+
+    async def limited(self, hit: Callable[[], Awaitable[bool]]) -> bool:
+        """One hit of the caller rate limiter: its answer, or True (allowed) when its Redis
+        fails; an outage of the limiter's Redis is the store's outage, logged and counted once.
+        """
+        if self.errors is None:
+            return await hit()
+
+        async def bounded() -> bool:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await hit()
+            except (StorageError, RedisError, OSError, TimeoutError) as exc:
+                raise StoreUnavailable(f"rate limiter: {type(exc).__name__}: {exc}") from exc
+
+        return await self.errors.guard(bounded, True)
 
     @property
     def store_errors(self) -> int:

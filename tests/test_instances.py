@@ -24,7 +24,8 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from relay.local.caller import SimulatedCall
+from relay.local.caller import SimulatedCall, new_sid
+from relay.security import twilio_signature
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import KEY, FakeAgent
 from tests.instances import RelayProcess
@@ -225,3 +226,65 @@ async def test_redis_stopped_mid_call_fails_open_and_shares_again_when_back(
     assert any("shared store available again" in line for line in log_lines(b, "INFO"))
     assert len([ln for ln in log_lines(b, "ERROR") if "shared store unavailable" in ln]) == 1
     assert all(not s.violations for s in agent.sessions)
+
+
+async def webhook(instance: RelayProcess, caller: str, call_sid: str | None = None) -> str:
+    """Twilio's voice webhook posted to ``instance``, signed over the public URL."""
+    url = instance.env["PUBLIC_URL"] + "/twiml"
+    form = {"CallSid": call_sid or new_sid("CA"), "AccountSid": "AC" + "0" * 32,
+            "From": caller, "To": "+15550002222", "CallStatus": "ringing",
+            "Direction": "inbound"}
+    async with httpx.AsyncClient(timeout=5) as http:
+        response = await http.post(instance.base_url + "/twiml", data=form, headers={
+            "X-Twilio-Signature": twilio_signature(AUTH_TOKEN, url, form)})
+    response.raise_for_status()
+    return response.text
+
+
+def refused(instance: RelayProcess, why: str) -> int:
+    return instance.log().count(f"refused ({why})")
+
+
+@pytest.mark.anyio
+async def test_agent_sessions_are_counted_across_instances_and_a_dead_ones_free_in_a_lease(
+        pair: Callable[..., tuple[RelayProcess, ...]], agent: FakeAgent,
+        redis_client: aioredis.Redis) -> None:
+    a, b = pair(AGENT_MAX_SESSIONS="2", CALLER_RATE_LIMIT="off")
+    await asyncio.gather(a.start(), b.start())
+    async with (SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN, caller="+15550001111",
+                                   connect_to=ws_base(b)) as on_b,
+                SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN, caller="+15550003333",
+                                   connect_to=ws_base(a)) as on_a):
+        await echoed(on_b, b"\x01" * 160, 5 * MS)
+        await echoed(on_a, b"\x02" * 160, 5 * MS)
+        assert await redis_client.zcard("relay:slots:agent-sessions") == 2
+        assert "<Connect" not in await webhook(b, "+15550004444")  # B counts A's call too
+        assert refused(b, "refused_busy") == 1
+        await b.kill()  # B dies holding on_b: its slot frees itself within the lease
+        await on_b.wait_closed(5 * MS)
+        freed = await eventually(
+            lambda: slots(redis_client, "agent-sessions", 1), (LEASE + 1) * MS)
+        assert freed <= LEASE + 0.2 * MS
+        assert "<Connect" in await webhook(a, "+15550005555")
+        await echoed(on_a, b"\x03" * 160, 5 * MS)  # A's call never noticed
+
+
+async def slots(client: aioredis.Redis, pool: str, count: int) -> bool:
+    """``pool`` has ``count`` unexpired slots (as the store's script counts them)."""
+    now_s, now_us = await client.time()
+    now_ms = now_s * 1000 + now_us // 1000
+    return int(await client.zcount(f"relay:slots:{pool}", now_ms, "+inf")) == count
+
+
+@pytest.mark.anyio
+async def test_a_callers_rate_limit_holds_across_instances(
+        pair: Callable[..., tuple[RelayProcess, ...]]) -> None:
+    a, b = pair(CALLER_RATE_LIMIT="3/minute")
+    await asyncio.gather(a.start(), b.start())
+    for instance in (a, b, a):
+        assert "<Connect" in await webhook(instance, "+15550007777")
+    assert "<Connect" not in await webhook(b, "+15550007777")  # the fourth, on either
+    assert "<Connect" not in await webhook(a, "+15550007777")
+    assert refused(a, "refused_rate_limited") == refused(b, "refused_rate_limited") == 1
+    assert "<Connect" in await webhook(b, "+15550008888")  # another caller is not limited
+    assert "+15550007777" not in a.log() + b.log()  # numbers are masked in the logs
