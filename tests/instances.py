@@ -28,7 +28,8 @@ CLEARED = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_PHONE_NUMBER", "TW
            "ASSEMBLYAI_API_KEY", "AGENT_WS_URL", "RELAY_SECRET", "PHONE_ENABLED",
            "PHONE_PASSWORD", "TRANSFER_NUMBER", "TRANSFER_ALLOWED", "TOOLS_DIR", "WORKERS",
            "REDIS_URL", "WEB_CONCURRENCY", "ADMIN_TOKEN", "CALL_LOG_DIR", "REDACT_TRANSCRIPTS",
-           "LOG_FORMAT")
+           "LOG_FORMAT", "MAX_CONCURRENT_CALLS", "AGENT_MAX_SESSIONS", "CALLER_RATE_LIMIT",
+           "DRAIN_SECONDS")
 STARTED = re.compile(r"Started server process \[(\d+)\]")
 
 
@@ -38,7 +39,9 @@ class RelayProcess:
         self.log_path = log_path
         inherited = {k: v for k, v in os.environ.items() if k != "WEB_CONCURRENCY"}
         self.env = {**inherited, **dict.fromkeys(CLEARED, ""), "HOST": "127.0.0.1",
-                    "PORT": str(self.port), "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", **env}
+                    "PORT": str(self.port), "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+                    # the lag of a loaded test machine is not the relay's: its tests set it
+                    "ADMISSION_MAX_LAG_MS": "off", **env}
         self.proc: asyncio.subprocess.Process | None = None
 
     @property

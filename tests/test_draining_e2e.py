@@ -77,7 +77,7 @@ async def app_process(agent: FakeAgent, tmp_path: Path, **env: str) -> AsyncIter
         "HOST": "127.0.0.1", "PORT": str(port), "PUBLIC_URL": base,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "ASSEMBLYAI_API_KEY": KEY, "AGENT_WS_URL": agent.url,
         "AGENT_GREETING": "", "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
-        "TOKEN_TTL": "60", **env,
+        "TOKEN_TTL": "60", "ADMISSION_MAX_LAG_MS": "off", **env,
     })
     log = tmp_path / "app.log"
     proc = spawn(environ, log)
