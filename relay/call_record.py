@@ -46,7 +46,6 @@ _REASONS: tuple[tuple[str, Outcome], ...] = (
     ("agent ended the session", Outcome.AGENT_ENDED),
     ("agent ended the call", Outcome.COMPLETED),
     ("transferred to", Outcome.TRANSFERRED),
-    ("transfer failed", Outcome.TRANSFER_FAILED),
     ("maximum call duration", Outcome.MAX_DURATION),
     ("the server is shutting down", Outcome.DRAINED),
     ("drained", Outcome.DRAINED),

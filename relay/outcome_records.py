@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import orjson
 
 from relay import twiml
+from relay.masking import mask_number
 from relay.outcomes import Outcome
 from relay.store import Store
 
@@ -68,17 +69,13 @@ def answer(record: OutcomeRecord | None, *, call_status: str, fallback_message: 
         return ActionAnswer(twiml.hang_up(), "nothing: the call is over")
     if record is not None and record.outcome is Outcome.DRAINED and record.number:
         # the drain deadline handed the call to FALLBACK_NUMBER
-        return ActionAnswer(twiml.dial(record.number), f"a dial to {masked(record.number)}")
+        return ActionAnswer(twiml.dial(record.number), f"a dial to {mask_number(record.number)}")
     if record is not None and record.outcome in HANG_UP:
         return ActionAnswer(twiml.hang_up(), f"a hang-up ({record.outcome})")
     if record is not None and record.outcome is Outcome.TRANSFERRED and record.number:
-        return ActionAnswer(twiml.dial(record.number), f"a dial to {masked(record.number)}")
+        return ActionAnswer(twiml.dial(record.number), f"a dial to {mask_number(record.number)}")
     why = "no outcome recorded" if record is None else str(record.outcome)
-    then = f"a dial to {masked(fallback_number)}" if fallback_number else "a hang-up"
+    then = f"a dial to {mask_number(fallback_number)}" if fallback_number else "a hang-up"
     return ActionAnswer(twiml.fallback(fallback_message, fallback_number),
                         f"the fallback message, then {then} ({why})")
 
-
-def masked(number: str) -> str:
-    """A phone number fit for a log line: full numbers never reach the logs."""
-    return number[:3] + "…" + number[-2:] if len(number) > 6 else "…"

@@ -20,7 +20,6 @@ class Outcome(StrEnum):
     REFUSED_RATE_LIMITED = "refused_rate_limited"  # refused at the webhook: CALLER_RATE_LIMIT
     REFUSED_UNAUTHORIZED = "refused_unauthorized"  # forged webhook or stream
     OPERATOR_HUNG_UP = "operator_hung_up"  # hung up from the calls page or its API
-    TRANSFER_FAILED = "transfer_failed"  # Twilio refused the <Dial> update: the relay hung up
     STREAM_FAILED = "stream_failed"  # the Twilio stream broke: no start, protocol error, stalled
     RELAY_ERROR = "relay_error"  # a fault in the relay itself (logged with its traceback)
 
