@@ -48,20 +48,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from relay import agent_messages
-from relay.agent_link import AgentLink, LinkClosed, Message
-from relay.call_directory import CallDirectory, LiveEntry
-from relay.call_record import outcome_for
-from relay.call_tools import CallTools
-from relay.config import Settings
-from relay.errors import CallEnded, ProtocolViolation
-from relay.masking import mask_number, mask_numbers
-from relay.monitor import Monitor
-from relay.outcome_records import record_outcome
-from relay.outcomes import Outcome
-from relay.protocol import (
+from relay.actions import (
     Action,
     Authorize,
-    CallProtocol,
     EndCall,
     LinkFailed,
     LinkReady,
@@ -73,6 +62,17 @@ from relay.protocol import (
     ToTwilio,
     Transfer,
 )
+from relay.agent_link import AgentLink, LinkClosed, Message
+from relay.call_directory import CallDirectory, LiveEntry
+from relay.call_record import outcome_for
+from relay.call_tools import CallTools
+from relay.config import Settings
+from relay.errors import CallEnded, ProtocolViolation
+from relay.masking import mask_number, mask_numbers
+from relay.monitor import Monitor
+from relay.outcome_records import record_outcome
+from relay.outcomes import Outcome
+from relay.protocol import CallProtocol
 from relay.recovery import Failure, Kind, Mode, Recovery
 from relay.redaction import redact
 from relay.security import StreamTokens

@@ -17,11 +17,12 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from relay.actions import Action, EndCall, Finish, Log, RunTool, Transfer
 from relay.config import Settings
 from relay.errors import CallEnded
 from relay.masking import MaskedLog, mask_number, mask_numbers
 from relay.outcomes import Outcome
-from relay.protocol import Action, CallProtocol, EndCall, Finish, Log, RunTool, Transfer
+from relay.protocol import CallProtocol
 from relay.tools import CallInfo, Registry, ToolContext
 
 

@@ -42,13 +42,27 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from relay import agent_messages as agent
 from relay import twilio_messages as twilio
+from relay.actions import (
+    Action,
+    Authorize,
+    EndCall,
+    Finish,
+    LinkFailed,
+    LinkReady,
+    Log,
+    OpenLink,
+    RunTool,
+    StreamInfo,
+    ToAgent,
+    ToTwilio,
+    Transfer,
+)
 from relay.errors import ProtocolViolation
 from relay.goodbye import HANGUP_MARK, Goodbye
 from relay.outcomes import Outcome
@@ -57,92 +71,6 @@ from relay.recovery import Attempt, Failure, GiveUp, Kind, Mode, Recovery
 MAX_MUTED_REPLIES = 16
 MAX_PENDING_MARKS = 256
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-
-
-@dataclass(frozen=True, slots=True)
-class ToTwilio:
-    message: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class ToAgent:
-    message: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class RunTool:
-    call_id: str
-    name: str
-    arguments: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class EndCall:
-    reason: str
-    code: int = 1000  # the close code for the Twilio stream: 1011 when something failed
-    outcome: Outcome | None = None  # what the <Connect action> answers (None: the fallback)
-
-
-@dataclass(frozen=True, slots=True)
-class OpenLink:
-    """Open an agent link for ``attempt``; report ``link_opened``, then ``LinkReady`` or
-    ``link_failed``. ``credential``: the resume token to authenticate with (None: the key)."""
-
-    attempt: Attempt
-    credential: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LinkReady:
-    """``session.ready`` arrived on the current link: the owner calls ``link_ready(now)``."""
-
-
-@dataclass(frozen=True, slots=True)
-class LinkFailed:
-    """The current attempt failed before ``session.ready`` (a ``session.error``)."""
-
-    failure: Failure
-
-
-@dataclass(frozen=True, slots=True)
-class Transfer:
-    number: str
-
-
-@dataclass(frozen=True, slots=True)
-class Log:
-    """A call event worth one log line; ``level`` is a ``logging`` level name.
-
-    ``kind`` names events an observer (the simulator, the softphone) may be shown and the
-    call's recorder keeps; ``data`` carries their fields (ids, text), never audio.
-    """
-
-    message: str
-    level: str = "INFO"
-    kind: str | None = None
-    data: Mapping[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StreamInfo:
-    """What Twilio's ``start`` says about the stream and its call."""
-
-    stream_sid: str
-    call_sid: str
-    account_sid: str
-    parameters: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Authorize:
-    """The stream started: check its per-call token, then call ``open_session`` (or end it)."""
-
-    info: StreamInfo
-
-
-Action = (ToTwilio | ToAgent | RunTool | EndCall | Transfer | Log | Authorize | OpenLink
-          | LinkReady | LinkFailed)
-Finish = EndCall | Transfer
 
 
 def is_base64(text: str) -> bool:

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from relay.actions import Action, Log, RunTool, Transfer
 from relay.agent_messages import session_update
 from relay.call_tools import CallTools
 from relay.config import Settings
-from relay.protocol import Action, CallProtocol, Log, RunTool, Transfer
+from relay.protocol import CallProtocol
 from relay.tools import CallInfo, Registry, ToolContext, tool
 
 pytestmark = pytest.mark.anyio

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from relay.agent_messages import session_update
-from relay.errors import ProtocolViolation
-from relay.outcomes import Outcome
-from relay.protocol import (
+from relay.actions import (
     Authorize,
-    CallProtocol,
     EndCall,
     LinkReady,
     Log,
@@ -19,6 +15,10 @@ from relay.protocol import (
     ToTwilio,
     Transfer,
 )
+from relay.agent_messages import session_update
+from relay.errors import ProtocolViolation
+from relay.outcomes import Outcome
+from relay.protocol import CallProtocol
 
 SID = "MZ" + "1" * 32
 UPDATE = session_update(system_prompt="p", greeting="hello", voice="ivy", tools=[])

@@ -15,10 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay import agent_messages
-from relay.errors import ProtocolViolation
-from relay.protocol import (
+from relay.actions import (
     Authorize,
-    CallProtocol,
     EndCall,
     LinkFailed,
     LinkReady,
@@ -29,6 +27,8 @@ from relay.protocol import (
     ToTwilio,
     Transfer,
 )
+from relay.errors import ProtocolViolation
+from relay.protocol import CallProtocol
 
 B64 = st.sampled_from(["AAAA", "//79/A==", "f39/fw==", "", "not base64!", "AAA"])
 IDS = st.sampled_from(["r1", "r2", "greet", "c1", "c2", None, 7, ""])

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from relay.actions import EndCall, LinkFailed, LinkReady, Log, OpenLink, RunTool, ToAgent, ToTwilio
 from relay.agent_messages import session_update
 from relay.outcomes import Outcome
-from relay.protocol import (
-    CallProtocol,
-    EndCall,
-    LinkFailed,
-    LinkReady,
-    Log,
-    OpenLink,
-    RunTool,
-    ToAgent,
-    ToTwilio,
-)
+from relay.protocol import CallProtocol
 from relay.recovery import Failure, Kind, Mode
 from tests.test_protocol import AUDIO, SID, START, media, opened
 
