@@ -41,6 +41,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -78,6 +79,7 @@ from relay.redaction import redact
 from relay.security import StreamTokens
 from relay.serving import RECEIVE_TEXT, SEND_TEXT, StreamStalled
 from relay.store import MemoryStore, Store
+from relay.takeover import restreams
 from relay.tools import CallInfo, Registry
 
 logger = logging.getLogger("relay.call")
@@ -132,6 +134,7 @@ class CallBridge:
         self._twilio = twilio_ws
         self._directory = directory
         self._listed = False  # the call is in the live-call directory
+        self._first_attempt: asyncio.Task[None] | None = None  # opening the first link
         self._settings = settings
         self._tokens = tokens
         self._purpose = purpose
@@ -224,17 +227,40 @@ class CallBridge:
             if not await self._open_stream(self._call_sid, self._token):
                 raise CallEnded("stream rejected: its token already opened a stream", 1008)
             self.opened_call_sid = self._call_sid
+        info = self.protocol.info
+        if info is not None and restreams(info.parameters) and self._directory is not None:
+            entry = await self._directory.find(self._call_sid)
+            if entry is not None and entry.session_id:
+                self._list_call(entry)
+                self._take_over(entry)
+                return
         self._list_call()
         self._perform(self.protocol.open_session())  # the session.update
 
-    def _list_call(self) -> None:
+    def _take_over(self, entry: LiveEntry) -> None:
+        """Resume the agent session of the instance that held this call before it died."""
+        first, self._first_attempt = self._first_attempt, None
+        if first is not None:
+            first.cancel()  # the link opened for a first session is not needed
+        if self._agent is not None:
+            self._drop_link(self._agent)
+        assert entry.session_id is not None
+        self._perform(self.protocol.take_over(entry.session_id, entry.resume_token,
+                                              time.monotonic()))
+
+    def _list_call(self, taken_over: LiveEntry | None = None) -> None:
         """Put the call in the live-call directory, where every instance sees it."""
         info = self.protocol.info
         if self._directory is None or info is None:
             return
         params = {k: v for k, v in info.parameters.items() if k != "token"}
         entry = LiveEntry(call_sid=info.call_sid, instance="", started_at=time.time(),
-                          direction=params.get("direction", self._purpose), parameters=params)
+                          direction=params.get("direction", self._purpose), parameters=params,
+                          restreams=restreams(params))
+        if taken_over is not None:  # the same call: its start, its session until resumed
+            entry = replace(entry, started_at=taken_over.started_at,
+                            session_id=taken_over.session_id,
+                            resume_token=taken_over.resume_token)
         self._listed = True
         self._task(self._directory.add(entry, self.hang_up), "call directory")
 
@@ -514,7 +540,9 @@ class CallBridge:
             elif isinstance(action, EndCall):
                 raise CallEnded(action.reason, action.code, action.outcome)
             elif isinstance(action, OpenLink):
-                self._task(self._attempt(action), f"agent link ({action.attempt.mode})")
+                task = self._start(self._attempt(action), f"agent link ({action.attempt.mode})")
+                if action.attempt.mode is Mode.FIRST:
+                    self._first_attempt = task
             elif isinstance(action, LinkReady):
                 if self._ready_wait is not None and not self._ready_wait.done():
                     self._ready_wait.set_result(None)
@@ -537,13 +565,17 @@ class CallBridge:
 
     def _task(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``work`` as a task of the call, unless the call is already ending."""
+        self._start(work, name)
+
+    def _start(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
+        """``_task``, returning the task (None when the call is already ending)."""
         if self._tg is not None:
             try:
-                self._tg.create_task(work, name=name)
-                return
+                return self._tg.create_task(work, name=name)
             except RuntimeError:  # the group is shutting down
                 pass
         work.close()
+        return None
 
     def _send_agent(self, message: Mapping[str, Any]) -> None:
         agent = self._agent

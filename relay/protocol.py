@@ -257,6 +257,22 @@ class CallProtocol:
         actions.append(OpenLink(attempt, self._credential(attempt)))
         return actions
 
+    def take_over(self, session_id: str, resume_token: str | None, now: float) -> list[Action]:
+        """This stream replaces one whose instance died (``relay.takeover``): instead of a new
+        session, resume that instance's agent session, then a fresh one, then the fallback.
+
+        The bridge has let go of the link it opened for a first session.
+        """
+        assert self.info is not None, "take_over before start"
+        self.session_open = True
+        self.link_up = False
+        self._lost_session = session_id
+        self.resume_token = resume_token
+        attempt = self.recovery.begin(Mode.RESUME, now)
+        return [Log(f"taking over the call from an instance that is gone: resuming agent "
+                    f"session {session_id}", kind="agent.fault"),
+                OpenLink(attempt, self._credential(attempt))]
+
     def link_ready(self, now: float) -> list[Action]:
         """``session.ready`` on the current link: audio flows again; results go or are dropped."""
         attempt = self.recovery.current

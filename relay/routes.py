@@ -41,6 +41,7 @@ from relay.security import StreamTokens, is_from_twilio
 from relay.serving import RECEIVE_TEXT, SEND_TEXT
 from relay.shared_state import SharedState
 from relay.store import Store
+from relay.takeover import MAX_RESTREAMS, RESTREAM, restream_parameters
 from relay.tools import Registry
 
 log = logging.getLogger("relay.routes")
@@ -154,12 +155,34 @@ class Relay:
             return PlainTextResponse("CallSid is required", status_code=400)
         status = str(form.get("CallStatus", ""))
         record = None if status == "completed" else await read_outcome(self.store, call_sid)
+        if record is None and status != "completed":
+            again = await self._take_over(call_sid, status)
+            if again is not None:
+                return again
         s = self.settings
         result = answer(record, call_status=status, fallback_message=s.fallback_message,
                         fallback_number=s.fallback_number)
         log.info("[%s] stream ended (call %s): the caller hears %s", call_sid,
                  status or "status unknown", result.says)
         return Response(result.twiml, media_type="text/xml")
+
+    async def _take_over(self, call_sid: str, status: str) -> Response | None:
+        """No outcome: if the call's instance died with its agent session live, stream the
+        call again (``relay.takeover``) so that the new stream resumes that session."""
+        entry = await self.shared.directory.find(call_sid)
+        params = restream_parameters(entry, status)
+        if entry is None or params is None:
+            return None
+        s = self.settings
+        # A token of its own (tokens are single-use): one that expires later than the
+        # call's earlier ones, which were minted no later than now with the same TTL.
+        params["token"] = self.tokens.mint(call_sid, now=time.time(),
+                                           ttl=s.token_ttl + int(params[RESTREAM]))
+        log.warning("[%s] stream lost without an outcome (instance %s is gone?): streaming the "
+                    "call again (%s of %d) to resume agent session %s", call_sid,
+                    entry.instance, params[RESTREAM], MAX_RESTREAMS, entry.session_id)
+        return Response(twiml.connect_stream(s.stream_url, params, action=s.action_url),
+                        media_type="text/xml")
 
     async def call_status(self, request: Request) -> Response:
         """Twilio's status callback: log each transition of a call."""

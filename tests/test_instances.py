@@ -116,7 +116,7 @@ async def echoed(call: SimulatedCall, payload: bytes, timeout: float) -> float:
             seen = len(call.events("media"))
             await call.send_media(encoded)
             with contextlib.suppress(TimeoutError):
-                found = await call.wait_for("media", seen + 1, timeout=0.1)
+                found = await call.wait_for("media", seen + 1, timeout=0.02)  # 20 ms frames
                 if any(m["media"]["payload"] == encoded for m in found[seen:]):
                     break
     return time.monotonic() - started
@@ -288,3 +288,47 @@ async def test_a_callers_rate_limit_holds_across_instances(
     assert refused(a, "refused_rate_limited") == refused(b, "refused_rate_limited") == 1
     assert "<Connect" in await webhook(b, "+15550008888")  # another caller is not limited
     assert "+15550007777" not in a.log() + b.log()  # numbers are masked in the logs
+
+
+@pytest.mark.anyio
+async def test_sigkill_of_the_instance_holding_a_call_resumes_it_on_the_survivor(
+        pair: Callable[..., tuple[RelayProcess, ...]], agent: FakeAgent,
+        redis_client: aioredis.Redis) -> None:
+    a, b = pair()
+    await asyncio.gather(a.start(), b.start())
+    async with SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN,
+                                  connect_to=ws_base(b)) as call:
+        before = bytes(range(160))
+        await echoed(call, before, 5 * MS)
+        session_id = agent.sessions[0].session_id
+        assert session_id is not None
+
+        async def session_kept() -> bool:
+            entry = await live_entry(redis_client, call.call_sid)
+            return entry is not None and entry["session_id"] == session_id
+
+        await eventually(session_kept, 3 * MS)
+        await b.kill()  # the instance holding the stream dies: no outcome, no goodbye
+        killed = time.monotonic()
+        await call.wait_closed(5 * MS)
+        call.connect_to = ws_base(a)  # Twilio's action request reaches the survivor
+        step = await call.follow_action()
+        assert step is not None and "<Stream" in step.twiml, step
+        async with SimulatedCall.stream_again(call, step.twiml) as again:
+            assert again.stream.parameters["restream"] == "1"
+            after = bytes(range(160, 256)) + bytes(range(64))
+            await echoed(again, after, 5 * MS)
+            gap = time.monotonic() - killed
+            resumed = [s for s in agent.sessions if s.resumed]
+            assert len(resumed) == 1 and resumed[0].session_id == session_id
+            assert resumed[0].received[0] == {"type": "session.resume", "session_id": session_id}
+            entry = await live_entry(redis_client, call.call_sid)  # now held by A
+            assert entry is not None and a.proc is not None
+            assert f":{a.proc.pid}:" in str(entry["instance"]) and entry["restreams"] == 1
+            await again.hang_up()
+            await again.wait_closed(5 * MS)
+    print(f"\ncaller's gap after SIGKILL of its instance: {gap * 1000:.0f} ms "
+          "(kill to the agent's audio again)")
+    assert gap < 3.0 * MS
+    assert all(not s.violations for s in agent.sessions), [s.violations for s in agent.sessions]
+    assert "taking over the call" in a.log()

@@ -148,7 +148,7 @@ class SimulatedCall:
         ``http``: a client to post the webhook with (many calls share one: making a client
         costs more than the webhook), else one of its own.
         """
-        call_sid, stream_sid = call_sid or new_sid("CA"), new_sid("MZ")
+        call_sid = call_sid or new_sid("CA")
         params = {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": caller,
                   "To": called, "CallStatus": "ringing", "Direction": "inbound",
                   "ApiVersion": "2010-04-01", **(form or {})}
@@ -164,6 +164,29 @@ class SimulatedCall:
         response.raise_for_status()
         webhook_ms = (time.monotonic() - started) * 1000
         stream = parse_stream(response.text)
+        async with cls._streaming(stream, call_sid, auth_token=auth_token, form=params,
+                                  connect_to=connect_to, playback_speed=playback_speed,
+                                  webhook_ms=webhook_ms, posted_at=started) as call:
+            yield call
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def stream_again(cls, previous: SimulatedCall, twiml: str,
+                           connect_to: str | None = None) -> AsyncIterator[SimulatedCall]:
+        """What Twilio does when the action answers another ``<Connect><Stream>``: a new
+        stream (a new ``streamSid``) of the same call, with that TwiML's ``<Parameter>``s."""
+        async with cls._streaming(parse_stream(twiml), previous.call_sid,
+                                  auth_token=previous.auth_token, form=previous.form,
+                                  connect_to=connect_to or previous.connect_to,
+                                  playback_speed=previous.playback_speed, webhook_ms=0.0,
+                                  posted_at=time.monotonic()) as call:
+            yield call
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def _streaming(cls, stream: Stream, call_sid: str, *, auth_token: str | None,
+                         form: dict[str, str], connect_to: str | None, playback_speed: float,
+                         webhook_ms: float, posted_at: float) -> AsyncIterator[SimulatedCall]:
         ws_headers = ({"x-twilio-signature": twilio_signature(auth_token, stream.url, {})}
                       if auth_token else {})
         target = stream.url
@@ -171,9 +194,9 @@ class SimulatedCall:
             parts = urlsplit(stream.url)
             target = connect_to.rstrip("/") + parts.path
         ws = await connect(target, additional_headers=ws_headers, compression=None, open_timeout=10)
-        call = cls(ws, call_sid, stream_sid, stream, webhook_ms, playback_speed)
-        call.posted_at = started
-        call.auth_token, call.form, call.connect_to = auth_token, params, connect_to
+        call = cls(ws, call_sid, new_sid("MZ"), stream, webhook_ms, playback_speed)
+        call.posted_at = posted_at
+        call.auth_token, call.form, call.connect_to = auth_token, form, connect_to
         tasks = [asyncio.create_task(call._read()), asyncio.create_task(call._echo_marks())]
         try:
             await call.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
