@@ -133,10 +133,15 @@ async def test_webhook_on_one_instance_and_stream_on_the_other(
         session = await agent.session(0, timeout=5 * MS)
         await session.ready.wait()
         await echoed(call, bytes(range(160)), 5 * MS)
+
+        async def session_kept() -> bool:  # written once the session is ready, not before
+            entry = await live_entry(redis_client, call.call_sid)
+            return entry is not None and entry["session_id"] == session.session_id
+
+        await eventually(session_kept, 3 * MS)
         entry = await live_entry(redis_client, call.call_sid)  # held by B, for everyone
         assert entry is not None and b.proc is not None
         assert f":{b.proc.pid}:" in str(entry["instance"])
-        assert entry["session_id"] == session.session_id
         await call.hang_up()
         await call.wait_closed(5 * MS)
     await eventually(lambda: gone(redis_client, call.call_sid), 3 * MS)
