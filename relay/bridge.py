@@ -141,6 +141,7 @@ class CallBridge:
         self._open_stream = open_stream
         self.opened_call_sid: str | None = None  # set once open_stream admitted this stream
         self._token = self._call_sid = ""
+        self._call: CallInfo | None = None  # the verified start, until the stream is admitted
         self.protocol = CallProtocol(
             session_update=agent_messages.session_update(
                 system_prompt=settings.agent_system_prompt,
@@ -227,6 +228,8 @@ class CallBridge:
             if not await self._open_stream(self._call_sid, self._token):
                 raise CallEnded("stream rejected: its token already opened a stream", 1008)
             self.opened_call_sid = self._call_sid
+        assert self._call is not None
+        self._call_started(self._call)
         info = self.protocol.info
         if info is not None and restreams(info.parameters) and self._directory is not None:
             entry = await self._directory.find(self._call_sid)
@@ -381,15 +384,19 @@ class CallBridge:
             direction=params.get("direction", self._purpose),
             parameters={k: v for k, v in params.items() if k != "token"},
         )
+        assert self._started is not None
+        # run() admits it, and only then is it a call (a refused stream must not hide one).
+        self._call, self._call_sid, self._token = call, info.call_sid, token
+        self._started.set_result(None)
+
+    def _call_started(self, call: CallInfo) -> None:
+        """The stream is admitted: the tools, the log and the monitor see the call from now on."""
         self.tools.started(call)
         self.log.info("call started: %s from %s to %s", call.direction,
                       mask_number(call.caller) or "unknown", mask_number(call.called) or "unknown",
                       extra={"event": "call.started", "direction": call.direction})
         self.watch.started(call_sid=call.call_sid, direction=call.direction, caller=call.caller,
                            called=call.called)
-        assert self._started is not None
-        self._call_sid, self._token = info.call_sid, token  # run() admits it, then opens
-        self._started.set_result(None)
 
     async def _teardown(self, close_code: int, reason: str, ended: CallEnded | None) -> None:
         self._tearing_down = True

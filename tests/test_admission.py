@@ -249,6 +249,12 @@ async def test_a_used_token_opens_no_second_stream_and_the_first_call_goes_on(
             assert replay.received == [], "no session.update for a replayed token"
             assert any("its token already opened a stream" in r.getMessage()
                        for r in caplog.records)
+            # The refused stream never started a call: the live one stays watched and listed.
+            assert len([r for r in caplog.records
+                        if getattr(r, "event", None) == "call.started"]) == 1
+            async with httpx.AsyncClient(base_url=relay.base_url, timeout=5) as page:
+                live = (await page.get("/api/calls")).json()["live"]
+            assert [c["call_sid"] for c in live] == [call.call_sid]
             await call.send_media("AAAA")
             (echo,) = await call.wait_for("media")
             assert echo["media"]["payload"] == "AAAA" and echo["streamSid"] == call.stream_sid
