@@ -35,6 +35,7 @@ ULAW_BYTES_PER_SECOND = 8000
 
 
 def new_sid(prefix: str) -> str:
+    """A Twilio-style id: the two-letter prefix and 32 hex digits."""
     return prefix + secrets.token_hex(16)
 
 

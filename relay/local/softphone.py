@@ -24,7 +24,6 @@ import base64
 import binascii
 import hmac
 import re
-import secrets
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,7 +34,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from relay.config import Settings
-from relay.local.caller import parse_next
+from relay.local.caller import new_sid, parse_next
 from relay.netaddr import is_local_client
 from relay.outcome_records import answer, read_outcome
 from relay.routes import Relay
@@ -55,11 +54,6 @@ PAGE_HEADERS = {
 }
 # Scripts the page loads, by URL name under /phone/ and file name in static/.
 ASSETS = {"phone.js": "phone.js", "worklet.js": "phone-worklet.js", "g711.js": "g711.js"}
-
-
-def new_sid(prefix: str) -> str:
-    """A Twilio-style id: the two-letter prefix and 32 hex digits."""
-    return prefix + secrets.token_hex(16)
 
 
 def basic_password(authorization: str) -> str | None:
