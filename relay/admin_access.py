@@ -31,12 +31,16 @@ CUSTOM_HEADER = "x-relay-request"
 def presented_token(authorization: str) -> str | None:
     """The Bearer token, or the password of HTTP Basic, of an ``Authorization`` header."""
     scheme, _, value = authorization.strip().partition(" ")
-    value = value.strip()
-    if not value:
-        return None
     if scheme.lower() == "bearer":
-        return value
-    if scheme.lower() != "basic":
+        return value.strip() or None
+    return basic_password(authorization)
+
+
+def basic_password(authorization: str) -> str | None:
+    """The password of an HTTP Basic ``Authorization`` header (any user name), or None."""
+    scheme, _, value = authorization.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() != "basic" or not value:
         return None
     try:
         decoded = base64.b64decode(value, validate=True).decode("utf-8")
@@ -46,13 +50,17 @@ def presented_token(authorization: str) -> str | None:
     return password if colon else None
 
 
+def matches(given: str | None, secret: str) -> bool:
+    """Is ``given`` the secret? Compared in constant time."""
+    return given is not None and hmac.compare_digest(given.encode(), secret.encode())
+
+
 def may_read(conn: HTTPConnection, admin_token: str | None) -> bool:
     if is_local_client(conn):
         return True
     if not admin_token:
         return False
-    given = presented_token(conn.headers.get("authorization", ""))
-    return given is not None and hmac.compare_digest(given.encode(), admin_token.encode())
+    return matches(presented_token(conn.headers.get("authorization", "")), admin_token)
 
 
 def refuse_reader(conn: HTTPConnection, admin_token: str | None) -> Response | None:
@@ -72,10 +80,15 @@ def is_cross_site(conn: HTTPConnection) -> bool:
         return True
     if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
         return True
-    origin = headers.get("origin")
+    return not same_origin(conn)
+
+
+def same_origin(conn: HTTPConnection) -> bool:
+    """False when a browser says the request comes from a page on another site (``Origin``)."""
+    origin = conn.headers.get("origin")
     if origin is None:
-        return False
-    return urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
+        return True
+    return urlsplit(origin).netloc.lower() == conn.headers.get("host", "").lower()
 
 
 def refuse_writer(conn: HTTPConnection, admin_token: str | None) -> Response | None:

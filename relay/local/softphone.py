@@ -20,19 +20,16 @@ secure context, so from another machine the page must be served over HTTPS.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import re
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from relay.admin_access import basic_password, matches, same_origin
 from relay.config import Settings
 from relay.local.caller import new_sid, parse_next
 from relay.netaddr import is_local_client
@@ -56,19 +53,6 @@ PAGE_HEADERS = {
 ASSETS = {"phone.js": "phone.js", "worklet.js": "phone-worklet.js", "g711.js": "g711.js"}
 
 
-def basic_password(authorization: str) -> str | None:
-    """The password of an HTTP Basic ``Authorization`` header, or None."""
-    scheme, _, encoded = authorization.partition(" ")
-    if scheme.lower() != "basic" or not encoded.strip():
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user, colon, password = decoded.partition(":")
-    return password if colon else None
-
-
 def phone_access(conn: HTTPConnection, settings: Settings) -> Response | None:
     """None when this client may use the softphone, else the response refusing it."""
     if is_local_client(conn):
@@ -79,19 +63,10 @@ def phone_access(conn: HTTPConnection, settings: Settings) -> Response | None:
             "The softphone is only open to browsers on this machine (http://localhost:"
             f"{settings.port}/phone). To use it from elsewhere, set PHONE_PASSWORD and serve "
             "it over HTTPS.\n", status_code=403)
-    given = basic_password(conn.headers.get("authorization", ""))
-    if given is not None and hmac.compare_digest(given.encode(), expected.encode()):
+    if matches(basic_password(conn.headers.get("authorization", "")), expected):
         return None
     return PlainTextResponse("The softphone needs a password (PHONE_PASSWORD).\n",
                              status_code=401, headers={"WWW-Authenticate": REALM})
-
-
-def same_origin(request: Request) -> bool:
-    """False when a browser says the request comes from a page on another site."""
-    origin = request.headers.get("origin")
-    if origin is None:
-        return True
-    return urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower()
 
 
 def refuse_call_request(request: Request, settings: Settings) -> Response | None:
