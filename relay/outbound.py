@@ -6,6 +6,7 @@ answers with ``<Connect><Stream>`` and copies ``greeting`` and ``prompt`` into `
 which come back in the stream's ``start`` and go into that call's ``session.update``, so the agent
 speaks first with this call's greeting. Status callbacks go to ``PUBLIC_URL/call-status``.
 
+    CallOptions           one call's options (greeting, prompt, caller id, ring time, machines)
     build_call_request()  pure: the keyword arguments for ``client.calls.create``
     create_call()         one REST request; Twilio's errors become a one-line CallError
     place_call()          both, with a client built from the settings: returns the call SID
@@ -96,22 +97,37 @@ def check_number(number: str, what: str) -> None:
         raise CallError(f"{what} {number!r} is not an E.164 number like +15551234567")
 
 
-def build_call_request(
-    settings: Settings,
-    to: str,
-    *,
-    greeting: str | None = None,
-    prompt: str | None = None,
-    from_: str | None = None,
-    timeout: int | None = None,
-    machine_detection: str | None = None,
-    machine_message: str | None = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """What one outbound call may set; every option is optional.
+
+    ``greeting`` and ``prompt`` are this call's (else the relay's); ``from_`` is the caller id
+    (else ``TWILIO_PHONE_NUMBER``); ``timeout`` how long it rings, in seconds;
+    ``machine_detection`` one of ``MACHINE_DETECTION``'s names, and ``machine_message`` what to
+    leave after the beep (with ``"message"``).
+    """
+
+    greeting: str | None = None
+    prompt: str | None = None
+    from_: str | None = None
+    timeout: int | None = None
+    machine_detection: str | None = None
+    machine_message: str | None = None
+
+
+NO_OPTIONS = CallOptions()
+
+
+def build_call_request(settings: Settings, to: str,
+                       options: CallOptions = NO_OPTIONS) -> dict[str, Any]:
     """The keyword arguments of ``client.calls.create`` for this call (pure, no I/O).
 
     Raises:
         CallError: an invalid number or option, or a ``PUBLIC_URL`` Twilio cannot reach.
     """
+    greeting, prompt, from_ = options.greeting, options.prompt, options.from_
+    timeout, machine_detection = options.timeout, options.machine_detection
+    machine_message = options.machine_message
     check_number(to, "the number to call")
     caller = from_ or settings.twilio_phone_number
     if not caller:
@@ -212,15 +228,10 @@ def explain(exc: TwilioException, request: Mapping[str, Any]) -> CallError:
 
 def place_call(
     to: str,
+    options: CallOptions = NO_OPTIONS,
     *,
     settings: Settings | None = None,
     client: Client | None = None,
-    greeting: str | None = None,
-    prompt: str | None = None,
-    from_: str | None = None,
-    timeout: int | None = None,
-    machine_detection: str | None = None,
-    machine_message: str | None = None,
 ) -> str:
     """Call ``to``; when they answer, the agent speaks first. Returns the call SID.
 
@@ -233,9 +244,7 @@ def place_call(
     """
     if settings is None:
         settings = Settings.from_env(os.environ)
-    request = build_call_request(settings, to, greeting=greeting, prompt=prompt, from_=from_,
-                                 timeout=timeout, machine_detection=machine_detection,
-                                 machine_message=machine_message)
+    request = build_call_request(settings, to, options)
     if client is not None:
         return create_call(client, request)
     own = rest_client(settings)
@@ -362,10 +371,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise CallError(f"{', '.join(missing)} not set: add {'it' if len(missing) == 1 else 'them'}"
                         " to .env or the environment (see .env.example)")
     settings = Settings.from_env(env)
-    request = build_call_request(
-        settings, args.to, greeting=args.greeting, prompt=args.prompt, from_=args.from_,
-        timeout=args.timeout, machine_detection=args.machine_detection,
-        machine_message=args.machine_message)
+    request = build_call_request(settings, args.to, CallOptions(
+        greeting=args.greeting, prompt=args.prompt, from_=args.from_, timeout=args.timeout,
+        machine_detection=args.machine_detection, machine_message=args.machine_message))
     warning = check_relay(settings)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

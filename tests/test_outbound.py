@@ -18,7 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from relay.config import Settings
 from relay.local.caller import parse_stream
-from relay.outbound import CallError, build_call_request, main, place_call
+from relay.outbound import CallError, CallOptions, build_call_request, main, place_call
 from relay.security import twilio_signature
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fake_twilio_rest import ACCOUNT_SID, TWILIO_NUMBER, FakeTwilioRest
@@ -82,9 +82,9 @@ async def answer(url: str, form: dict[str, str]) -> AsyncIterator[ClientConnecti
 # ---------------------------------------------------------------------- the request (pure)
 
 def test_call_request_carries_the_call_and_its_options_in_the_webhook_url() -> None:
-    request = build_call_request(settings(), CALLEE, greeting=GREETING, prompt=PROMPT,
-                                 timeout=25, machine_detection="message",
-                                 machine_message="Please call us back.")
+    request = build_call_request(settings(), CALLEE, CallOptions(
+        greeting=GREETING, prompt=PROMPT, timeout=25, machine_detection="message",
+        machine_message="Please call us back."))
     url = urlsplit(request.pop("url"))
     assert (url.scheme, url.netloc, url.path) == ("https", "relay.example.com", "/twiml")
     assert parse_qs(url.query) == {"greeting": [GREETING], "prompt": [PROMPT],
@@ -95,7 +95,7 @@ def test_call_request_carries_the_call_and_its_options_in_the_webhook_url() -> N
         "status_callback_event": ["initiated", "ringing", "answered", "completed"],
         "status_callback_method": "POST", "timeout": 25, "machine_detection": "DetectMessageEnd",
     }
-    plain = build_call_request(settings(), CALLEE, from_="+15017122662")
+    plain = build_call_request(settings(), CALLEE, CallOptions(from_="+15017122662"))
     assert plain["url"] == "https://relay.example.com/twiml"
     assert plain["from_"] == "+15017122662" and "timeout" not in plain
 
@@ -113,7 +113,7 @@ def test_invalid_calls_are_refused_before_any_request(options: dict[str, Any],
                                                       message: str) -> None:
     to = options.pop("to", CALLEE)
     with pytest.raises(CallError, match=message):
-        build_call_request(settings(), to, **options)
+        build_call_request(settings(), to, CallOptions(**options))
 
 
 def test_a_local_public_url_is_refused_for_real_twilio() -> None:
@@ -133,8 +133,9 @@ async def test_outbound_call_end_to_end_the_agent_greets_with_the_per_call_optio
         async with FakeAgent(script=greet).running() as agent, make_relay(
                 agent, twilio_api_base_url=twilio.base_url,
                 twilio_phone_number=TWILIO_NUMBER) as relay:
-            sid = await asyncio.to_thread(place_call, CALLEE, settings=relay.settings,
-                                          greeting=GREETING, prompt=PROMPT)
+            sid = await asyncio.to_thread(place_call, CALLEE,
+                                          CallOptions(greeting=GREETING, prompt=PROMPT),
+                                          settings=relay.settings)
             (created,) = twilio.created()
             assert created.path == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls.json"
             assert (created.one("To"), created.one("From")) == (CALLEE, TWILIO_NUMBER)
@@ -257,7 +258,7 @@ def test_twilio_errors_exit_non_zero_with_what_to_do(
         assert main([CALLEE, *argv], env_for(twilio, closed_port_url(), **env)) == 1
         settings = Settings.from_env(env_for(twilio, "https://relay.example.com", **env))
         with pytest.raises(CallError) as raised:
-            place_call(CALLEE, settings=settings, from_=argv[1] if argv else None)
+            place_call(CALLEE, CallOptions(from_=argv[1] if argv else None), settings=settings)
     assert raised.value.code == code
     out, err = capsys.readouterr()
     *_, line = err.splitlines()
@@ -295,8 +296,8 @@ async def test_answering_machine_detection(make_relay, mode: str, answered_by: s
             agent, twilio_api_base_url="http://127.0.0.1:9",
             twilio_phone_number=TWILIO_NUMBER) as relay:
         message = "Please call the clinic back." if mode == "message" else None
-        request = build_call_request(relay.settings, CALLEE, machine_detection=mode,
-                                     machine_message=message)
+        request = build_call_request(relay.settings, CALLEE, CallOptions(
+            machine_detection=mode, machine_message=message))
         response = await webhook(request["url"], {
             "CallSid": "CA" + "2" * 32, "AccountSid": ACCOUNT_SID, "From": TWILIO_NUMBER,
             "To": CALLEE, "CallStatus": "in-progress", "Direction": "outbound-api",
