@@ -22,6 +22,8 @@ import orjson
 from dotenv import load_dotenv
 
 from relay.call_record import percentile
+from relay.config import Settings
+from relay.errors import ConfigError
 from relay.record_log import iter_records, record_files
 
 SLOWEST = 5
@@ -148,6 +150,17 @@ def render(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def call_log_dir(env: Mapping[str, str] | None, parser: argparse.ArgumentParser) -> str | None:
+    """``CALL_LOG_DIR`` as the relay reads it: from ``.env`` and the environment by default."""
+    if env is None:
+        load_dotenv()
+        env = os.environ
+    try:
+        return Settings.from_env(env).call_log_dir
+    except ConfigError as exc:
+        parser.error(str(exc))
+
+
 def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relay.report",
                                      description="Summarize the relay's call records.")
@@ -156,10 +169,7 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
                         "90s, 30m, 24h, 7d (default: all)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     args = parser.parse_args(argv)
-    if env is None:
-        load_dotenv()
-        env = os.environ
-    directory = args.dir or env.get("CALL_LOG_DIR", "").strip()
+    directory = args.dir or call_log_dir(env, parser)
     if not directory:
         parser.error("no folder given and CALL_LOG_DIR is not set")
     try:
