@@ -84,10 +84,11 @@ class Relay:
 
     def signed(self, conn: HTTPConnection, url: str, params: Mapping[str, Any]) -> bool:
         """Is this request from Twilio? Without an auth token, only local clients pass."""
-        token = self.settings.twilio_auth_token
-        if token is None:
+        settings = self.settings
+        if not settings.verify_signatures or settings.twilio_auth_token is None:
             return is_local_client(conn)
-        return is_from_twilio(token, url, params, conn.headers.get("x-twilio-signature", ""))
+        return is_from_twilio(settings.twilio_auth_token, url, params,
+                              conn.headers.get("x-twilio-signature", ""))
 
     def public_url(self, request: Request) -> str:
         """The URL Twilio signed: ``PUBLIC_URL`` + path (+ query), never the URL we saw."""
