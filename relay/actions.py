@@ -84,7 +84,6 @@ class StreamInfo:
 
     stream_sid: str
     call_sid: str
-    account_sid: str
     parameters: dict[str, str] = field(default_factory=dict)
 
 

@@ -22,7 +22,6 @@ anything a page on another site could send.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
     from relay.routes import Relay
 
 STATIC = Path(__file__).parent / "static"
-CALL_SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; "
        "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",

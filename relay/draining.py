@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -174,10 +173,6 @@ class DrainingServer(uvicorn.Server):
         self.forced = True
         self.should_exit = True
         self.force_exit = True
-
-    def request_drain(self) -> None:
-        """Start draining as SIGTERM does (for embedding and tests)."""
-        self.handle_exit(signal.SIGTERM, None)
 
     async def on_tick(self, counter: int) -> bool:
         if self._drain_requested and self._drain is None and not self.should_exit:

@@ -22,8 +22,3 @@ class Outcome(StrEnum):
     OPERATOR_HUNG_UP = "operator_hung_up"  # hung up from the calls page or its API
     STREAM_FAILED = "stream_failed"  # the Twilio stream broke: no start, protocol error, stalled
     RELAY_ERROR = "relay_error"  # a fault in the relay itself (logged with its traceback)
-
-
-# Outcomes of calls that never reached the agent (counted, but no call record has audio).
-REFUSALS = frozenset({Outcome.REFUSED_BUSY, Outcome.REFUSED_RATE_LIMITED,
-                      Outcome.REFUSED_UNAUTHORIZED})

@@ -173,7 +173,6 @@ class CallProtocol:
         self.info = StreamInfo(
             stream_sid=stream_sid,
             call_sid=call_sid,
-            account_sid=str(start.get("accountSid", "")),
             parameters={str(k): str(v) for k, v in params.items()},
         )
         return [Authorize(self.info)]

@@ -115,10 +115,9 @@ class Attempt:
 
 @dataclass(frozen=True, slots=True)
 class GiveUp:
-    """No agent: the fallback. ``operator`` names the setting to fix when it is theirs."""
+    """No agent: the fallback."""
 
     reason: str
-    operator: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +220,6 @@ class Recovery:
                  waited: float) -> Step:
         self.current = None
         fix = f" Check {setting}." if setting else ""
-        return Step(GiveUp(reason, setting), "ERROR",
+        return Step(GiveUp(reason), "ERROR",
                     f"agent failed: {label}: fallback (caller waited {waited:.1f} s).{fix} "
                     f"{details[0].upper()}{details[1:]}")

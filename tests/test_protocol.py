@@ -60,7 +60,7 @@ def started(**kwargs: object) -> CallProtocol:
 def test_start_opens_the_session_with_the_update() -> None:
     call = CallProtocol(session_update=UPDATE)
     assert call.twilio_message({"event": "connected", "protocol": "Call", "version": "1.0.0"}) == []
-    info = StreamInfo(stream_sid=SID, call_sid="CA1", account_sid="AC1",
+    info = StreamInfo(stream_sid=SID, call_sid="CA1",
                       parameters={"token": "t", "caller": "+1555"})
     assert call.twilio_message(START) == [Authorize(info)]  # parsed once, here
     assert call.info == info and not call.session_open  # nothing sent before the token check

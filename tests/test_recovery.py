@@ -71,7 +71,7 @@ def test_operator_errors_are_never_retried_and_name_the_setting(failure: Failure
     r = recovery()
     r.begin(Mode.FIRST, now=0.0)
     step = r.failed(failure, now=0.2)
-    assert step.next == GiveUp(step.next.reason, setting)  # type: ignore[union-attr]
+    assert isinstance(step.next, GiveUp)
     assert step.level == "ERROR" and f"Check {setting}." in step.text
 
 
@@ -149,7 +149,7 @@ def test_a_fresh_session_refused_by_the_operator_falls_back() -> None:
     r.begin(Mode.RESUME, now=0.0)
     r.failed(error("session_not_found"), now=0.1)
     step = r.failed(http(401), now=0.2)
-    assert isinstance(step.next, GiveUp) and step.next.operator == "ASSEMBLYAI_API_KEY"
+    assert isinstance(step.next, GiveUp) and "Check ASSEMBLYAI_API_KEY." in step.text
 
 
 def test_ready_says_how_long_the_caller_waited() -> None:
