@@ -638,8 +638,8 @@ class CallBridge:
         if not self.protocol.agent_ready:
             self._end(CallEnded(reason, 1000, outcome))
             return
-        self.tools.finish_after_goodbye(EndCall(reason, outcome=outcome), None)
-        self._send_agent(agent_messages.reply_create(instructions))
+        if self.tools.finish_after_goodbye(EndCall(reason, outcome=outcome), None):
+            self._send_agent(agent_messages.reply_create(instructions))
 
 
 def _is_utf8(raw: bytes) -> bool:

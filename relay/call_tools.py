@@ -68,12 +68,20 @@ class CallTools:
         self._perform(self._protocol.tool_finished(
             action.call_id, outcome.result, is_error=outcome.is_error))
 
-    def finish_after_goodbye(self, action: Finish, call_id: str | None) -> None:
-        """Hang up or transfer after the agent's next reply, with a bounded wait."""
-        for log in self._protocol.finish_after_goodbye(action, call_id):
+    def finish_after_goodbye(self, action: Finish, call_id: str | None) -> bool:
+        """Hang up or transfer after the agent's next reply, with a bounded wait.
+
+        Returns False when the call is already finishing: the request is ignored.
+        """
+        logs = self._protocol.finish_after_goodbye(action, call_id)
+        if logs is None:
+            self._log.warning("call is already finishing; request ignored")
+            return False
+        for log in logs:
             if isinstance(log, Log):
                 self._log.log(logging.getLevelName(log.level), "%s", mask_numbers(log.message))
         self._spawn(self._finish_deadline(action), "hang-up deadline")
+        return True
 
     async def _finish_deadline(self, action: Finish) -> None:
         await asyncio.sleep(self._settings.hangup_timeout)

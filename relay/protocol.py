@@ -549,13 +549,16 @@ class CallProtocol:
         self._pending_results = []
         return actions
 
-    def finish_after_goodbye(self, action: Finish, call_id: str | None = None) -> list[Action]:
+    def finish_after_goodbye(self, action: Finish,
+                             call_id: str | None = None) -> list[Action] | None:
         """Hang up or transfer once the agent's next reply has been heard.
 
         With ``call_id`` (the tool that asked), the goodbye is the reply after its result.
+        Returns None, and changes nothing, when the call is already finishing: the first
+        request stands, so the caller must not be made to wait for (or hear) a second one.
         """
         if self._goodbye is not None:
-            return [Log("call is already finishing; request ignored", "WARNING")]
+            return None
         pending = call_id is not None and call_id in self._tool_replies
         self._goodbye = Goodbye(action, call_id, result_pending=pending)
         return [Log(f"will {_describe(action)} after the agent's goodbye")]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from relay.actions import Action, Log, RunTool, Transfer
+from relay.actions import Action, EndCall, Log, RunTool, Transfer
 from relay.agent_messages import session_update
 from relay.call_tools import CallTools
 from relay.config import Settings
@@ -84,3 +84,11 @@ async def test_a_sync_tool_asks_from_its_thread_and_the_loop_acts() -> None:
     await run(h, "hang_up_from_a_thread", {})
     await asyncio.sleep(0)  # the request was handed to the loop's thread
     assert h.tasks == ["hang-up deadline"]
+
+
+async def test_a_second_request_while_one_is_pending_is_ignored_and_spawns_nothing() -> None:
+    h = Harness(Registry([]))
+    h.tools.started(CALL)
+    assert h.tools.finish_after_goodbye(EndCall("agent ended the call"), None) is True
+    assert h.tools.finish_after_goodbye(Transfer("+15550009999"), None) is False
+    assert h.tasks == ["hang-up deadline"]  # one deadline, carrying the first request

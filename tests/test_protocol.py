@@ -325,3 +325,13 @@ def test_transfer_without_a_tool_call_follows_the_next_reply() -> None:
     assert wire(call.agent_message({"type": "reply.done", "reply_id": "r1"}))[-1].message["mark"]["name"] == "hangup"
     assert wire(call.twilio_message({"event": "mark", "mark": {"name": "hangup"}})) == [
         Transfer("+15550009999")]
+
+
+def test_a_second_request_to_finish_is_refused_and_the_first_one_stands() -> None:
+    call = started()
+    assert call.finish_after_goodbye(EndCall("agent ended the call")) is not None
+    assert call.finish_after_goodbye(Transfer("+15550009999")) is None
+    call.agent_message({"type": "reply.started", "reply_id": "r1"})
+    call.agent_message({"type": "reply.done", "reply_id": "r1"})
+    assert wire(call.twilio_message({"event": "mark", "mark": {"name": "hangup"}})) == [
+        EndCall("agent ended the call")]

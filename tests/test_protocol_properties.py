@@ -283,7 +283,7 @@ def test_any_sequence_raises_only_protocol_violations_and_emits_valid_messages(
                                                  is_error=is_error)
             else:
                 action = EndCall("bye") if payload == "hangup" else Transfer("+15550001111")
-                actions = protocol.finish_after_goodbye(action, None)
+                actions = protocol.finish_after_goodbye(action, None) or []
         except ProtocolViolation:
             continue
         receivers.check(actions)

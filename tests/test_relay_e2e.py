@@ -329,3 +329,22 @@ async def test_observers_see_call_events_and_twilio_never_does(make_relay) -> No
             await plain.wait_for("mark")
             await plain.hang_up()
         assert {r.message["event"] for r in plain.received} <= {"media", "mark", "clear"}
+
+
+async def test_a_second_hang_up_while_a_goodbye_is_pending_asks_for_no_second_goodbye(
+        make_relay) -> None:
+    async with FakeAgent().running() as agent, \
+            make_relay(agent, hangup_timeout=1 * MS) as relay:
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call, \
+                httpx.AsyncClient(base_url=relay.base_url, timeout=5) as page:
+            session = await agent.session()
+            await session.ready.wait()
+            hang_up = f"/api/calls/{call.call_sid}/hangup"
+            assert (await page.post(hang_up, json={})).status_code == 202
+            await session.wait_for("reply.create")
+            assert (await page.post(hang_up, json={})).status_code == 202
+            # The agent never says the goodbye: the first request's deadline ends the call.
+            assert await call.wait_closed(5 * MS) == 1000
+        assert len(session.of_type("reply.create")) == 1
+        assert session.violations == []
+
