@@ -92,11 +92,14 @@ class AgentLink(SansIOWebSocket):
         loop = asyncio.get_running_loop()
         link = cls(protocol, headers, on_message, ping_interval)
         context = _tls_context() if uri.secure else None
+        proxy: str | None = None
         try:
             proxy = get_proxy(uri)
             parsed_proxy = parse_proxy(proxy) if proxy is not None else None
-        except InvalidProxy as exc:
-            raise OSError(f"invalid proxy setting: {exc}") from None
+        except (InvalidProxy, ValueError) as exc:  # ValueError: a port out of range
+            # Never the URL itself: its user:password@ would reach the call's fault line.
+            why = exc.msg if isinstance(exc, InvalidProxy) else str(exc)
+            raise OSError(f"invalid proxy setting {_without_userinfo(proxy)}: {why}") from None
         tunnel: asyncio.Transport | None = None
         try:
             async with asyncio.timeout(open_timeout):
@@ -229,6 +232,18 @@ class AgentLink(SansIOWebSocket):
         self._cancel_ping()
         if self.transport is not None:
             self.transport.abort()
+
+
+def _without_userinfo(proxy: str | None) -> str:
+    """A proxy URL fit for a log line: its scheme and host, never a ``user:password@``."""
+    if proxy is None:
+        return ""
+    scheme, sep, rest = proxy.partition("://")
+    if not sep:
+        scheme, rest = "", proxy
+    # Everything up to the last "@" may be userinfo (a password can hold "/", "@", "://").
+    host = rest.rpartition("@")[2].split("/", 1)[0]
+    return f"{scheme}{sep}{host}"
 
 
 async def _through_proxy(proxy: Proxy, uri: WebSocketURI) -> asyncio.Transport:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 
 import orjson
 import pytest
@@ -18,7 +19,9 @@ from websockets.exceptions import ConnectionClosed
 
 from relay.agent_link import AgentLink, LinkClosed
 from relay.local.caller import SimulatedCall
-from tests.conftest import AUTH_TOKEN, MS
+from relay.tools import Registry
+from tests.conftest import AUTH_TOKEN, MS, run_relay
+from tests.conftest import test_settings as relay_settings
 from tests.fakes import AgentSession, FakeAgent
 
 pytestmark = pytest.mark.anyio
@@ -216,3 +219,20 @@ async def test_a_proxy_setting_the_link_cannot_use_is_a_clear_error(monkeypatch,
     with pytest.raises(OSError, match="invalid proxy setting|proxies are not supported"):
         await AgentLink.open("ws://127.0.0.1:9/", headers={}, on_message=lambda m: None,
                              open_timeout=2 * MS)
+
+
+@pytest.mark.parametrize("setting", ["ftp://relay:s3cret@proxy.example:1",
+                                     "http://relay:s3cret@proxy.example:99999"])
+async def test_a_proxy_password_never_reaches_the_logs(monkeypatch, caplog, setting) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")  # the simulated Twilio connects directly
+    monkeypatch.setenv("ws_proxy", setting)  # the relay's agent link, to "localhost", may not
+    async with FakeAgent().running() as agent, run_relay(
+            lambda port: relay_settings(port, agent.url.replace("127.0.0.1", "localhost")),
+            Registry([])) as relay:
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
+            await call.wait_closed(5 * MS)  # no agent link: the call ends with the fallback
+    text = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    assert "invalid proxy setting" in text and "proxy.example" in text
+    assert "s3cret" not in text
