@@ -4,10 +4,12 @@ The bridge decodes JSON, feeds ``CallProtocol`` and performs the actions it retu
 one ``asyncio.TaskGroup`` per call: connecting, the tools, the hang-up deadline and the watch on
 the Twilio stream all live in it, so ending the call ends every task of the call. A task ends
 the call by raising ``CallEnded`` (the TaskGroup "terminate" recipe), a socket callback by
-``_end``; teardown then ends the agent session (``session.end``, so billing stops at once) and
-closes both sockets. Each timeout the call has (no ``start``, the agent's handshake, the
-maximum duration, the goodbye's wait) ends it with a reason of its own; an exception that is not
-``CallEnded``, a stray ``TimeoutError`` included, is a fault and reaches the error boundary.
+``_end``; teardown then lets the caller go first (the outcome recorded, the Twilio stream
+closed, so the caller never waits for the agent) and only then ends the agent session
+(``session.end``, a wait bounded by ``AGENT_CLOSE_TIMEOUT``, the close). Each timeout the
+call has (no ``start``, the agent's handshake, the maximum duration, the goodbye's wait) ends
+it with a reason of its own; an exception that is not ``CallEnded``, a stray ``TimeoutError``
+included, is a fault and reaches the error boundary.
 Running the tools and what they ask of the call (hang up, transfer) is ``relay.call_tools``'s;
 the bridge gives it tasks and performs its actions.
 
@@ -399,22 +401,32 @@ class CallBridge:
                            called=call.called)
 
     async def _teardown(self, close_code: int, reason: str, ended: CallEnded | None) -> None:
+        """The caller first (outcome, then the stream's close), then the agent session."""
         self._tearing_down = True
         agent, self._agent = self._agent, None
+        try:
+            await self._let_caller_go(close_code, reason, ended)
+        finally:
+            if agent is not None:
+                await self._end_agent(agent)
+            if self._directory is not None and self._listed:
+                await self._directory.remove(self._call_sid)
+
+    async def _end_agent(self, agent: AgentLink) -> None:
+        """``session.end`` (billing stops), a bounded wait for ``session.ended``, the close."""
         timeout = self._settings.agent_close_timeout
-        if agent is not None:
-            try:
-                if self.protocol.session_open:
-                    with contextlib.suppress(LinkClosed, TimeoutError):
-                        agent.send(orjson.dumps(agent_messages.session_end()))
-                        async with asyncio.timeout(timeout):
-                            await self._agent_done.wait()
-                await agent.close(close_timeout=timeout)
-            finally:
-                agent.abort()  # a no-op once closed; frees the socket even if cancelled
+        try:
+            if self.protocol.session_open:
+                with contextlib.suppress(LinkClosed, TimeoutError):
+                    agent.send(orjson.dumps(agent_messages.session_end()))
+                    async with asyncio.timeout(timeout):
+                        await self._agent_done.wait()
+            await agent.close(close_timeout=timeout)
+        finally:
+            agent.abort()  # a no-op once closed; frees the socket even if cancelled
+
+    async def _let_caller_go(self, close_code: int, reason: str, ended: CallEnded | None) -> None:
         ws = self._twilio
-        if self._directory is not None and self._listed:
-            await self._directory.remove(self._call_sid)
         if (ws.client_state is WebSocketState.CONNECTED
                 and ws.application_state is WebSocketState.CONNECTED):
             await self._record(ended)  # before the close: Twilio asks for it right after

@@ -14,7 +14,10 @@ from websockets.exceptions import InvalidStatus
 from relay.agent_link import AgentLink
 from relay.bridge import CallBridge
 from relay.local.caller import SimulatedCall
+from relay.outcome_records import read_outcome
+from relay.outcomes import Outcome
 from relay.security import twilio_signature
+from relay.store import MemoryStore
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import AgentSession, FakeAgent
 from tests.helpers import frame, greet
@@ -348,3 +351,26 @@ async def test_a_second_hang_up_while_a_goodbye_is_pending_asks_for_no_second_go
         assert len(session.of_type("reply.create")) == 1
         assert session.violations == []
 
+
+async def test_the_caller_is_let_go_before_the_agent_session_is_ended(make_relay) -> None:
+    # An agent that never answers session.end holds its session for AGENT_CLOSE_TIMEOUT (twice:
+    # the wait for session.ended, then the close handshake); the caller must not wait for it.
+    agent = FakeAgent(answer_end=False)
+    store = MemoryStore()
+    async with agent.running(), make_relay(agent, agent_close_timeout=2 * MS,
+                                           store=store) as relay:
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call, \
+                httpx.AsyncClient(base_url=relay.base_url, timeout=5) as page:
+            session = await agent.session()
+            await session.ready.wait()
+            response = await page.post(f"/api/calls/{call.call_sid}/hangup?now=1",
+                                       headers={"X-Relay-Request": "1"})
+            assert response.status_code == 202
+            assert await call.wait_closed(1 * MS) == 1000
+            assert not session.closed.is_set()  # still being ended, behind the caller's back
+            # What the <Connect action> request, right after the close, reads is there.
+            record = await read_outcome(store, call.call_sid)
+            assert record is not None and record.outcome is Outcome.OPERATOR_HUNG_UP
+            await asyncio.wait_for(session.closed.wait(), 6 * MS)
+        assert session.ended.is_set()  # session.end was still sent
+        assert session.violations == []
