@@ -24,7 +24,8 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from relay.local.caller import SimulatedCall, new_sid
+from relay import twiml as twiml_module
+from relay.local.caller import SimulatedCall, new_sid, parse_stream
 from relay.security import twilio_signature
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import KEY, FakeAgent
@@ -337,3 +338,56 @@ async def test_sigkill_of_the_instance_holding_a_call_resumes_it_on_the_survivor
     assert gap < 3.0 * MS
     assert all(not s.violations for s in agent.sessions), [s.violations for s in agent.sessions]
     assert "taking over the call" in a.log()
+
+
+@pytest.mark.anyio
+async def test_a_token_used_on_one_instance_is_refused_on_the_other(
+        pair: Callable[..., tuple[RelayProcess, ...]], agent: FakeAgent) -> None:
+    a, b = pair()
+    await asyncio.gather(a.start(), b.start())
+    async with SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN,
+                                  connect_to=ws_base(b)) as call:
+        await echoed(call, b"\x06" * 160, 5 * MS)
+        twiml = twiml_module.connect_stream(call.stream.url, call.stream.parameters,
+                                            action=call.stream.action)
+        async with SimulatedCall.stream_again(call, twiml, connect_to=ws_base(a)) as replay:
+            assert await replay.wait_closed(5 * MS) == 1008  # the same token, on A: refused
+        await echoed(call, b"\x07" * 160, 5 * MS)  # the call on B goes on
+    assert "token already opened a stream" in a.log()
+
+
+async def action(instance: RelayProcess, call_sid: str, status: str = "in-progress") -> str:
+    """Twilio's <Connect action> request for ``call_sid``, posted to ``instance``."""
+    url = instance.env["PUBLIC_URL"] + "/call-action"
+    form = {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": "+15550001111",
+            "To": "+15550002222", "CallStatus": status}
+    async with httpx.AsyncClient(timeout=5) as http:
+        response = await http.post(instance.base_url + "/call-action", data=form, headers={
+            "X-Twilio-Signature": twilio_signature(AUTH_TOKEN, url, form)})
+    response.raise_for_status()
+    return response.text
+
+
+@pytest.mark.anyio
+async def test_a_call_is_streamed_again_a_bounded_number_of_times(
+        pair: Callable[..., tuple[RelayProcess, ...]], redis_client: aioredis.Redis) -> None:
+    (a,) = pair(count=1)
+    await a.start()
+
+    async def entry(call_sid: str, restreams: int, session_id: str | None) -> None:
+        """A live call's entry as a dead instance leaves it behind."""
+        await redis_client.set(f"relay:value:live:{call_sid}", orjson.dumps({
+            "call_sid": call_sid, "instance": "gone:1:ab", "started_at": time.time(),
+            "parameters": {"caller": "+15550001111", "restream": str(restreams)},
+            "session_id": session_id, "resume_token": "rt", "restreams": restreams}).decode(),
+            px=10_000)
+
+    await entry("CA1", 1, "sess_1")
+    stream = parse_stream(await action(a, "CA1"))
+    assert stream.parameters["restream"] == "2" and stream.parameters["token"]
+    await entry("CA2", 2, "sess_2")  # the attempts are used up: the fallback
+    assert "<Stream" not in await action(a, "CA2") and "<Say" in await action(a, "CA2")
+    await entry("CA3", 0, None)  # no session to resume: the fallback
+    assert "<Say" in await action(a, "CA3")
+    await entry("CA4", 0, "sess_4")  # the caller hung up: nothing to stream
+    assert "<Hangup" in await action(a, "CA4", status="completed")
