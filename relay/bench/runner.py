@@ -11,7 +11,6 @@ relay and count what was lost.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from relay.bench.target import (
     cpu_ticks,
     steal_pct,
 )
+from relay.call_record import percentile
 
 P99_LIMIT_MS = 20.0
 LOAD_SATURATED_PCT = 90.0
@@ -48,14 +48,6 @@ class LevelOptions:
     pin: bool = True
     noise_limit: float = 10.0
     noisy_retries: int = 1
-
-
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return None
-    rank = math.ceil(q / 100 * len(sorted_values))
-    return sorted_values[min(len(sorted_values), max(1, rank)) - 1]
 
 
 def make_target(relay: RelayProcess) -> Target:
@@ -152,7 +144,7 @@ async def run_level(kind: str, calls: int, agent: FakeAgent, opts: LevelOptions,
         "rss_load_mb": round(rss_peak / 2**20, 1),
         "rss_per_call_kb": round((rss_peak - rss_idle) / calls / 1024, 1) if calls else None,
         "latency_ms": {
-            "p50": _r(percentile(lat, 50)), "p99": _r(percentile(lat, 99)),
+            "p50": _r(percentile(lat, 0.5)), "p99": _r(percentile(lat, 0.99)),
             "max": _r(lat[-1] if lat else None), "samples": len(lat),
         },
         "frames": gen.accounting(),
@@ -270,7 +262,7 @@ async def speech_start(agent: FakeAgent, calls: int, opts: LevelOptions) -> dict
     values.sort()
     return {
         "calls": calls, "measured": len(values),
-        "p50_ms": _r(percentile(values, 50)), "max_ms": _r(values[-1] if values else None),
+        "p50_ms": _r(percentile(values, 0.5)), "max_ms": _r(values[-1] if values else None),
         "all_ms": [round(v, 2) for v in values], "agent_greetings": agent.stats.greetings,
         "problems": problems[:10], "relay_log": relay.log_findings(),
     }
