@@ -14,7 +14,9 @@ import itertools
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -77,6 +79,22 @@ def ws_base(instance: RelayProcess) -> str:
     return f"ws://127.0.0.1:{instance.port}"
 
 
+async def started(pair: Callable[..., tuple[RelayProcess, ...]],
+                  **env: str) -> tuple[RelayProcess, RelayProcess]:
+    """Instances A and B from ``pair(**env)``, both up."""
+    a, b = pair(**env)
+    await asyncio.gather(a.start(), b.start())
+    return a, b
+
+
+def dial(webhook_to: RelayProcess, stream_to: RelayProcess,
+         **options: Any) -> AbstractAsyncContextManager[SimulatedCall]:
+    """A call whose webhook reaches one instance and whose stream reaches the other (or the
+    same), as a load balancer may send them."""
+    return SimulatedCall.dial(webhook_to.base_url, auth_token=AUTH_TOKEN,
+                              connect_to=ws_base(stream_to), **options)
+
+
 async def live_entry(client: aioredis.Redis, call_sid: str) -> dict[str, object] | None:
     raw = await client.get(f"relay:value:live:{call_sid}")
     return orjson.loads(raw) if raw else None
@@ -127,10 +145,8 @@ async def echoed(call: SimulatedCall, payload: bytes, timeout: float) -> float:
 async def test_webhook_on_one_instance_and_stream_on_the_other(
         pair: Callable[..., tuple[RelayProcess, ...]], agent: FakeAgent,
         redis_client: aioredis.Redis) -> None:
-    a, b = pair()
-    await asyncio.gather(a.start(), b.start())
-    async with SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN,
-                                  connect_to=ws_base(b)) as call:
+    a, b = await started(pair)
+    async with dial(a, b) as call:
         session = await agent.session(0, timeout=5 * MS)
         await session.ready.wait()
         await echoed(call, bytes(range(160)), 5 * MS)
@@ -153,10 +169,8 @@ async def test_webhook_on_one_instance_and_stream_on_the_other(
 async def test_a_killed_instance_frees_its_calls_within_the_lease(
         pair: Callable[..., tuple[RelayProcess, ...]], agent: FakeAgent,
         redis_client: aioredis.Redis) -> None:
-    a, b = pair()
-    await asyncio.gather(a.start(), b.start())
-    async with SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN,
-                                  connect_to=ws_base(b)) as call:
+    a, b = await started(pair)
+    async with dial(a, b) as call:
         await (await agent.session(0, timeout=5 * MS)).ready.wait()
         await eventually(lambda: held(redis_client, call.call_sid), 3 * MS)
         await b.kill()
@@ -169,10 +183,8 @@ async def test_a_killed_instance_frees_its_calls_within_the_lease(
 async def test_the_calls_page_of_one_instance_lists_and_hangs_up_the_others_call(
         pair: Callable[..., tuple[RelayProcess, ...]], agent: FakeAgent,
         redis_client: aioredis.Redis) -> None:
-    a, b = pair()
-    await asyncio.gather(a.start(), b.start())
-    async with (SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN,
-                                   connect_to=ws_base(b)) as call,
+    a, b = await started(pair)
+    async with (dial(a, b) as call,
                 httpx.AsyncClient(base_url=a.base_url, timeout=5) as page):
         await (await agent.session(0, timeout=5 * MS)).ready.wait()
         await eventually(lambda: held(redis_client, call.call_sid), 3 * MS)
@@ -201,17 +213,14 @@ def log_lines(instance: RelayProcess, level: str) -> list[str]:
 async def test_redis_stopped_mid_call_fails_open_and_shares_again_when_back(
         pair: Callable[..., tuple[RelayProcess, ...]], agent: FakeAgent,
         redis_server: RedisServer, redis_client: aioredis.Redis) -> None:
-    a, b = pair()
-    await asyncio.gather(a.start(), b.start())
-    async with SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN,
-                                  connect_to=ws_base(b)) as first:
+    a, b = await started(pair)
+    async with dial(a, b) as first:
         await echoed(first, b"\x01" * 160, 5 * MS)
         await eventually(lambda: held(redis_client, first.call_sid), 3 * MS)
         redis_server.stop()
         await echoed(first, b"\x02" * 160, 5 * MS)  # the call in progress goes on
         for _ in range(3):  # new calls are served, on either instance
-            async with SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN,
-                                          connect_to=ws_base(b)) as call:
+            async with dial(a, b) as call:
                 await echoed(call, b"\x03" * 160, 5 * MS)
                 await call.hang_up()
         errors = [line for line in log_lines(b, "ERROR") if "shared store unavailable" in line]
@@ -224,8 +233,7 @@ async def test_redis_stopped_mid_call_fails_open_and_shares_again_when_back(
         redis_server.start()  # empty: what was shared before is gone, as after a restart
         await eventually(lambda: held(redis_client, first.call_sid), (LEASE + 2) * MS)
         await echoed(first, b"\x04" * 160, 5 * MS)
-        async with SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN,
-                                      connect_to=ws_base(b)) as call:
+        async with dial(a, b) as call:
             await echoed(call, b"\x05" * 160, 5 * MS)
             await eventually(lambda: held(redis_client, call.call_sid), 3 * MS)
             await call.hang_up()
@@ -255,12 +263,9 @@ def refused(instance: RelayProcess, why: str) -> int:
 async def test_agent_sessions_are_counted_across_instances_and_a_dead_ones_free_in_a_lease(
         pair: Callable[..., tuple[RelayProcess, ...]], agent: FakeAgent,
         redis_client: aioredis.Redis) -> None:
-    a, b = pair(AGENT_MAX_SESSIONS="2", CALLER_RATE_LIMIT="off")
-    await asyncio.gather(a.start(), b.start())
-    async with (SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN, caller="+15550001111",
-                                   connect_to=ws_base(b)) as on_b,
-                SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN, caller="+15550003333",
-                                   connect_to=ws_base(a)) as on_a):
+    a, b = await started(pair, AGENT_MAX_SESSIONS="2", CALLER_RATE_LIMIT="off")
+    async with (dial(a, b, caller="+15550001111") as on_b,
+                dial(a, a, caller="+15550003333") as on_a):
         await echoed(on_b, b"\x01" * 160, 5 * MS)
         await echoed(on_a, b"\x02" * 160, 5 * MS)
         assert await redis_client.zcard("relay:slots:agent-sessions") == 2
@@ -285,8 +290,7 @@ async def slots(client: aioredis.Redis, pool: str, count: int) -> bool:
 @pytest.mark.anyio
 async def test_a_callers_rate_limit_holds_across_instances(
         pair: Callable[..., tuple[RelayProcess, ...]]) -> None:
-    a, b = pair(CALLER_RATE_LIMIT="3/minute")
-    await asyncio.gather(a.start(), b.start())
+    a, b = await started(pair, CALLER_RATE_LIMIT="3/minute")
     for instance in (a, b, a):
         assert "<Connect" in await webhook(instance, "+15550007777")
     assert "<Connect" not in await webhook(b, "+15550007777")  # the fourth, on either
@@ -300,10 +304,8 @@ async def test_a_callers_rate_limit_holds_across_instances(
 async def test_sigkill_of_the_instance_holding_a_call_resumes_it_on_the_survivor(
         pair: Callable[..., tuple[RelayProcess, ...]], agent: FakeAgent,
         redis_client: aioredis.Redis) -> None:
-    a, b = pair()
-    await asyncio.gather(a.start(), b.start())
-    async with SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN,
-                                  connect_to=ws_base(b)) as call:
+    a, b = await started(pair)
+    async with dial(a, b) as call:
         before = bytes(range(160))
         await echoed(call, before, 5 * MS)
         session_id = agent.sessions[0].session_id
