@@ -66,6 +66,13 @@ async def greet(session: AgentSession) -> None:
     await speak(session, "greet", 900, 3)
 
 
+async def greet_then_drop(session: AgentSession) -> None:
+    """A first session that greets, then drops (no close frame, no ``session.ended``)."""
+    await greet(session)
+    await asyncio.sleep(0.05)
+    session.drop()
+
+
 async def next_step(call: SimulatedCall, within: float = 10.0) -> NextStep:
     """Wait for the relay to close the stream, then ask the action what the caller hears."""
     await call.wait_closed(within)
@@ -258,17 +265,12 @@ async def test_a_drop_mid_call_is_resumed_and_audio_flows_byte_for_byte(make_rel
 
 async def test_a_refused_resume_opens_a_fresh_session_with_the_reconnect_greeting(
         make_relay, caplog) -> None:
-    async def first(session: AgentSession) -> None:
-        await greet(session)
-        await asyncio.sleep(0.05)
-        session.drop()
-
     async def fresh(session: AgentSession) -> None:
         if len(agent.sessions) == 3:
             await speak(session, "again", 980, 2)
 
-    agent = FakeAgent(script=first, resume="refuse")
-    agent.script = lambda s: first(s) if s is agent.sessions[0] else fresh(s)
+    agent = FakeAgent(script=greet_then_drop, resume="refuse")
+    agent.script = lambda s: greet_then_drop(s) if s is agent.sessions[0] else fresh(s)
     async with agent.running(), make_relay(agent, agent_reconnect_greeting=RECONNECT,
                                            **FAST) as relay:
         async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
@@ -290,36 +292,33 @@ async def test_a_refused_resume_opens_a_fresh_session_with_the_reconnect_greetin
     assert any("fresh agent session after" in r.getMessage() for r in caplog.records)
 
 
-async def test_resume_and_fresh_session_both_failing_gets_the_fallback(make_relay) -> None:
-    async def first(session: AgentSession) -> None:
-        await greet(session)
-        await asyncio.sleep(0.05)
-        session.drop()
-
-    agent = FakeAgent(script=first, resume="refuse", faults=[None, None, "http:503", "http:503"])
+async def after_a_drop(make_relay, agent: FakeAgent) -> tuple[SimulatedCall, NextStep, float]:
+    """A call whose first session greets, then drops: the call, what the caller hears next, and
+    how long after the drop."""
     async with agent.running(), make_relay(agent, fallback_message=FALLBACK, **FAST) as relay:
         async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
             await call.wait_for("media", 3)
             dropped_at = time.monotonic()
             step = await next_step(call)
-            gave_up_after = time.monotonic() - dropped_at
+            return call, step, time.monotonic() - dropped_at
+
+
+async def test_resume_and_fresh_session_both_failing_gets_the_fallback(make_relay) -> None:
+    agent = FakeAgent(script=greet_then_drop, resume="refuse",
+                      faults=[None, None, "http:503", "http:503"])
+    _, step, gave_up_after = await after_a_drop(make_relay, agent)
     assert agent.connections == 4  # resume, fresh, the fresh one's retry
     assert_fallback(step, 10 * MS)
     assert gave_up_after < FAST["agent_wait_budget"] + 1 * MS
 
 
 async def test_a_resume_that_never_answers_opens_a_fresh_session_in_time(make_relay) -> None:
-    async def first(session: AgentSession) -> None:
-        await greet(session)
-        await asyncio.sleep(0.05)
-        session.drop()
-
     async def again(session: AgentSession) -> None:
         if not session.resumed and len(agent.sessions) > 1:
             await speak(session, "again", 980, 1)
 
     agent = FakeAgent(resume="silent")
-    agent.script = lambda s: first(s) if s is agent.sessions[0] else again(s)
+    agent.script = lambda s: greet_then_drop(s) if s is agent.sessions[0] else again(s)
     async with agent.running(), make_relay(agent, **FAST) as relay:
         async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
             await call.wait_for("media", 3)
@@ -477,18 +476,9 @@ async def test_max_call_seconds_without_a_goodbye_hangs_up_at_the_hangup_timeout
 
 async def test_a_drop_whose_resume_and_fresh_sessions_never_answer_falls_back_in_budget(
         make_relay) -> None:
-    async def first(session: AgentSession) -> None:
-        await greet(session)
-        await asyncio.sleep(0.05)
-        session.drop()
-
-    agent = FakeAgent(script=first, resume="silent", faults=[None, None, "silent", "silent"])
-    async with agent.running(), make_relay(agent, fallback_message=FALLBACK, **FAST) as relay:
-        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
-            await call.wait_for("media", 3)
-            dropped_at = time.monotonic()
-            step = await next_step(call)
-            waited = time.monotonic() - dropped_at
+    agent = FakeAgent(script=greet_then_drop, resume="silent",
+                      faults=[None, None, "silent", "silent"])
+    call, step, waited = await after_a_drop(make_relay, agent)
     assert [m["media"]["payload"] for m in call.events("media")] == [
         frame(900 + i) for i in range(3)]  # nothing from the links that never got ready
     assert_fallback(step, 10 * MS)
