@@ -6,9 +6,9 @@ The framing, masking, handshake and close handshake are the ``websockets`` libra
 relay without a task switch or a queue. Writes are bounded: an agent that stops reading past
 ``MAX_UNSENT`` bytes is treated as gone rather than buffered without end.
 
-A call holds at most one link, in one attribute of its bridge. Today a closed link ends the
-call; keeping the link apart is what will let a resumed session (``session.resume``) put a new
-link in its place.
+A call holds at most one link, in one attribute of its bridge. A link that drops is replaced,
+not repaired: the protocol decides what the next one is for (``session.resume`` of the same
+session, or a fresh one), and the bridge opens it in the old one's place.
 """
 
 from __future__ import annotations

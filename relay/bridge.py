@@ -80,7 +80,7 @@ from relay.recovery import Failure, Kind, Mode, Recovery
 from relay.redaction import redact
 from relay.security import StreamTokens
 from relay.serving import RECEIVE_TEXT, SEND_TEXT, StreamStalled
-from relay.store import MemoryStore, Store
+from relay.store import Store
 from relay.takeover import restreams
 from relay.tools import CallInfo, Registry
 
@@ -130,7 +130,7 @@ class CallBridge:
         purpose: str = "twilio",
         monitor: Monitor,
         open_stream: StreamOpener | None = None,
-        store: Store | None = None,
+        store: Store,
         directory: CallDirectory | None = None,
     ) -> None:
         self._twilio = twilio_ws
@@ -156,7 +156,7 @@ class CallBridge:
             recovery=Recovery.from_settings(settings),
             reconnect_greeting=settings.agent_reconnect_greeting,
         )
-        self._store: Store = store if store is not None else MemoryStore()
+        self._store = store  # where the outcome is recorded for the <Connect action>
         extensions = twilio_ws.scope["extensions"]
         self._send_twilio_now: Callable[[bytes], None] = extensions[SEND_TEXT]
         self._receive_twilio_with: Callable[[Callable[[bytes], None]], None] = (
@@ -211,9 +211,9 @@ class CallBridge:
         finally:
             self._tg = None
             try:
-                await self._teardown(code, self.tools.finished_by or reason, outcome)
+                await self._teardown(code, reason, outcome)
             finally:
-                self.watch.ended(self.tools.finished_by or reason,
+                self.watch.ended(reason,
                                  outcome.outcome if outcome is not None else None)
                 self._log_end(reason, time.monotonic() - started)
         return reason
@@ -456,7 +456,7 @@ class CallBridge:
         p = self.protocol
         self.log.info(
             "call ended: %s after %.1f s (frames to agent %d, to caller %d, dropped before "
-            "ready %d, muted %d)", self.tools.finished_by or reason, duration, p.frames_to_agent,
+            "ready %d, muted %d)", reason, duration, p.frames_to_agent,
             p.frames_to_caller, p.dropped_before_ready, p.dropped_muted,
             extra={"event": "call.ended", "outcome": str(self.watch.recorder.outcome),
                    "duration_seconds": round(duration, 3)})
@@ -569,8 +569,9 @@ class CallBridge:
             elif isinstance(action, LinkFailed):
                 if self._ready_wait is not None and not self._ready_wait.done():
                     self._ready_wait.set_result(action.failure)
-            elif isinstance(action, Transfer):
-                self._task(self.tools.transfer(action.number), "transfer")
+            elif isinstance(action, Transfer):  # the <Connect action> dials the number
+                raise CallEnded(f"transferred to {mask_number(action.number)}", 1000,
+                                Outcome.TRANSFERRED, action.number)
             elif isinstance(action, Authorize):
                 self._authorize(action.info)
 

@@ -19,8 +19,7 @@ from typing import Any
 
 from relay.actions import Action, EndCall, Finish, Log, RunTool, Transfer
 from relay.config import Settings
-from relay.errors import CallEnded
-from relay.masking import MaskedLog, mask_number, mask_numbers
+from relay.masking import MaskedLog, mask_numbers
 from relay.outcomes import Outcome
 from relay.protocol import CallProtocol
 from relay.tools import CallInfo, Registry, ToolContext
@@ -50,8 +49,6 @@ class CallTools:
         self._call: CallInfo | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.get_ident()
-        self._transferring = False
-        self.finished_by: str | None = None  # what the call ended as, when not its last error
 
     def started(self, call: CallInfo) -> None:
         """The call began (on the event loop): tools may run from now on."""
@@ -87,18 +84,6 @@ class CallTools:
         await asyncio.sleep(self._settings.hangup_timeout)
         self._log.info("no goodbye heard within %.0f s", self._settings.hangup_timeout)
         self._perform([action])
-
-    async def transfer(self, number: str) -> None:
-        """Hand the call to ``number``: end the stream; the ``<Connect action>`` dials it.
-
-        Raises:
-            CallEnded: always (once: the goodbye's mark and the deadline may both get here).
-        """
-        if self._transferring:
-            return
-        self._transferring = True
-        self.finished_by = f"transferred to {mask_number(number)}"
-        raise CallEnded(self.finished_by, 1000, Outcome.TRANSFERRED, number)
 
     def can_transfer(self) -> bool:
         return self._settings.transfers_enabled
