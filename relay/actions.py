@@ -34,8 +34,8 @@ class RunTool:
 @dataclass(frozen=True, slots=True)
 class EndCall:
     reason: str
-    code: int = 1000  # the close code for the Twilio stream: 1011 when something failed
-    outcome: Outcome | None = None  # what the <Connect action> answers (None: the fallback)
+    code: int  # the close code for the Twilio stream: 1011 when something failed
+    outcome: Outcome  # how the call ended; what the <Connect action> answers
 
 
 @dataclass(frozen=True, slots=True)

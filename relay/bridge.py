@@ -67,7 +67,6 @@ from relay.actions import (
 )
 from relay.agent_link import AgentLink, LinkClosed, Message
 from relay.call_directory import CallDirectory, LiveEntry
-from relay.call_record import outcome_for
 from relay.call_tools import CallTools
 from relay.config import Settings
 from relay.errors import CallEnded, ProtocolViolation
@@ -88,10 +87,11 @@ logger = logging.getLogger("relay.call")
 AGENT_MAX_MESSAGE = 1 << 20
 # How the Twilio stream can end other than by a hang-up (uvicorn's disconnect codes).
 _STREAM_FAILURES = {
-    1002: "Twilio stream failed: WebSocket protocol error",
-    1007: "Twilio stream failed: invalid UTF-8",
-    1009: "Twilio stream failed: a message over the size limit",
-    1012: "the server is shutting down",
+    1002: ("Twilio stream failed: WebSocket protocol error", Outcome.STREAM_FAILED),
+    1006: ("Twilio stream failed: connection lost without a close", Outcome.STREAM_FAILED),
+    1007: ("Twilio stream failed: invalid UTF-8", Outcome.STREAM_FAILED),
+    1009: ("Twilio stream failed: a message over the size limit", Outcome.STREAM_FAILED),
+    1012: ("the server is shutting down", Outcome.SHUT_DOWN),
 }
 # Admits a stream by (CallSid, verified token): False when the token already opened one.
 StreamOpener = Callable[[str, str], Awaitable[bool]]
@@ -201,7 +201,8 @@ class CallBridge:
                 self._perform(self.protocol.begin(time.monotonic()))  # the first agent link
                 tg.create_task(self._watch_twilio(), name="twilio stream")
                 await self._first(self._started, self._settings.start_timeout,
-                                  CallEnded("no start message from Twilio", 1008))
+                                  CallEnded("no start message from Twilio", 1008,
+                                            Outcome.STREAM_FAILED))
                 await self._open_session()
                 raise await finished  # both directions run in the sockets' callbacks
         except* CallEnded as group:
@@ -213,8 +214,8 @@ class CallBridge:
             try:
                 await self._teardown(code, reason, outcome)
             finally:
-                self.watch.ended(reason,
-                                 outcome.outcome if outcome is not None else None)
+                self.watch.ended(reason, outcome.outcome if outcome is not None
+                                 else Outcome.RELAY_ERROR)
                 self._log_end(reason, time.monotonic() - started)
         return reason
 
@@ -228,7 +229,8 @@ class CallBridge:
         """Admit the stream (its token opens one stream only), then send the session.update."""
         if self._open_stream is not None:
             if not await self._open_stream(self._call_sid, self._token):
-                raise CallEnded("stream rejected: its token already opened a stream", 1008)
+                raise CallEnded("stream rejected: its token already opened a stream", 1008,
+                                Outcome.REFUSED_UNAUTHORIZED)
             self.opened_call_sid = self._call_sid
         assert self._call is not None
         self._call_started(self._call)
@@ -278,7 +280,7 @@ class CallBridge:
         if self._ended in done:
             raise self._ended.result()
         if not done:
-            raise late or CallEnded("timed out", 1011)
+            raise late or CallEnded("timed out", 1011, Outcome.RELAY_ERROR)
 
     # ------------------------------------------------------------------ the agent link
 
@@ -376,7 +378,8 @@ class CallBridge:
         token = params.get("token")
         if token is None or not self._tokens.verify(token, info.call_sid, now=time.time(),
                                                     purpose=self._purpose):
-            raise CallEnded("stream rejected: missing or invalid per-call token", 1008)
+            raise CallEnded("stream rejected: missing or invalid per-call token", 1008,
+                            Outcome.REFUSED_UNAUTHORIZED)
         self.log.extra = {"call": info.call_sid}
         self._observe = self._purpose == "phone" or params.get("observe") == "1"
         call = CallInfo(
@@ -440,9 +443,7 @@ class CallBridge:
         """Write the outcome the ``<Connect action>`` answers; without one, the fallback."""
         if not self._call_sid or (self._open_stream is not None and not self.opened_call_sid):
             return  # not a call this stream may speak for (unauthorized, or a second stream)
-        outcome = ended.outcome if ended is not None else None
-        if outcome is None:
-            outcome = outcome_for(str(ended) if ended is not None else "relay error")
+        outcome = ended.outcome if ended is not None else Outcome.RELAY_ERROR
         try:
             async with asyncio.timeout(self._settings.agent_close_timeout):
                 await record_outcome(self._store, self._call_sid, outcome,
@@ -472,8 +473,9 @@ class CallBridge:
             if message["type"] == "websocket.disconnect":
                 code = message.get("code")
                 if code in _STREAM_FAILURES:
-                    raise CallEnded(_STREAM_FAILURES[code], code)
-                raise CallEnded("caller hung up")
+                    reason, outcome = _STREAM_FAILURES[code]
+                    raise CallEnded(reason, code, outcome)
+                raise CallEnded("caller hung up", 1000, Outcome.CALLER_HUNG_UP)
             self._bad("binary frame from Twilio")
 
     def _on_twilio_message(self, raw: bytes) -> None:
@@ -486,7 +488,7 @@ class CallBridge:
             if isinstance(exc, orjson.JSONDecodeError) and not _is_utf8(raw):
                 # RFC 6455 §8.1: a text message that is not UTF-8 fails the connection, 1007.
                 # Checked only here: the JSON decoder already rejects what is not UTF-8.
-                self._end(CallEnded(_STREAM_FAILURES[1007], 1007))
+                self._end(CallEnded(_STREAM_FAILURES[1007][0], 1007, Outcome.STREAM_FAILED))
                 return
             self._message_failed(exc, "Twilio")
 
@@ -512,7 +514,7 @@ class CallBridge:
             self._end(exc)
         else:
             self.log.error("relay error on a %s message", side, exc_info=exc)
-            self._end(CallEnded("relay error", 1011))
+            self._end(CallEnded("relay error", 1011, Outcome.RELAY_ERROR))
 
     def _await_session_ended(self, raw: Message) -> None:
         with contextlib.suppress(orjson.JSONDecodeError):
@@ -613,9 +615,9 @@ class CallBridge:
         try:
             self._send_twilio_now(orjson.dumps(message))
         except StreamStalled as exc:
-            raise CallEnded(str(exc), 1011) from None
+            raise CallEnded(str(exc), 1011, Outcome.STREAM_FAILED) from None
         except OSError:
-            raise CallEnded("caller hung up") from None
+            raise CallEnded("caller hung up", 1000, Outcome.CALLER_HUNG_UP) from None
 
     # ------------------------------------------------------------------ seen from outside
 
@@ -631,27 +633,23 @@ class CallBridge:
             return
         self.say_goodbye_and_end(GOODBYE, OPERATOR_HANG_UP, Outcome.OPERATOR_HUNG_UP)
 
-    def end_now(self, reason: str, outcome: Outcome | None = None,
-                number: str | None = None) -> None:
+    def end_now(self, reason: str, outcome: Outcome, number: str | None = None) -> None:
         """End the call at once (the stream closes with 1000); ``number``: the action dials it."""
         self._end(CallEnded(reason, 1000, outcome, number))
 
-    def say_goodbye_and_end(self, instructions: str, reason: str,
-                            outcome: Outcome | None = None) -> None:
+    def say_goodbye_and_end(self, instructions: str, reason: str, outcome: Outcome) -> None:
         """Ask the agent for a short goodbye, then hang up once it is heard.
 
         The one way the relay itself ends a call politely (the time limit, an operator's
         hang-up, a draining process). Bounded by ``HANGUP_TIMEOUT``; a call whose agent is
-        not ready ends at once. ``outcome``: what the call ends as (default: from ``reason``).
+        not ready ends at once. ``outcome``: what the call ends as.
         """
         if self._ended is None or self._ended.done() or self._tearing_down:
             return
-        if outcome is None:
-            outcome = outcome_for(reason)
         if not self.protocol.agent_ready:
             self._end(CallEnded(reason, 1000, outcome))
             return
-        if self.tools.finish_after_goodbye(EndCall(reason, outcome=outcome), None):
+        if self.tools.finish_after_goodbye(EndCall(reason, 1000, outcome), None):
             self._send_agent(agent_messages.reply_create(instructions))
 
 

@@ -31,34 +31,6 @@ MAX_TOOL_CALLS = 200
 MAX_TEXT = 2000
 
 
-def outcome_for(reason: str) -> Outcome:
-    """The outcome of a call that ended for ``reason`` (the bridge's end reasons)."""
-    for prefix, outcome in _REASONS:
-        if reason.startswith(prefix):
-            return outcome
-    if reason.startswith(("agent", "the agent", "connection lost")):
-        return Outcome.AGENT_FAILED
-    return Outcome.RELAY_ERROR
-
-
-_REASONS: tuple[tuple[str, Outcome], ...] = (
-    ("caller hung up", Outcome.CALLER_HUNG_UP),
-    ("agent ended the session", Outcome.AGENT_ENDED),
-    ("agent ended the call", Outcome.COMPLETED),
-    ("transferred to", Outcome.TRANSFERRED),
-    ("maximum call duration", Outcome.MAX_DURATION),
-    ("the server is shutting down", Outcome.DRAINED),
-    ("drained", Outcome.DRAINED),
-    ("hung up by an operator", Outcome.OPERATOR_HUNG_UP),
-    ("stream rejected", Outcome.REFUSED_UNAUTHORIZED),
-    ("no start message", Outcome.STREAM_FAILED),
-    ("malformed start", Outcome.STREAM_FAILED),
-    ("Twilio stream failed", Outcome.STREAM_FAILED),
-    ("the caller's stream", Outcome.STREAM_FAILED),
-    ("relay error", Outcome.RELAY_ERROR),
-)
-
-
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The ``q`` quantile (0..1) by the nearest-rank method, or None for no values."""
     if not values:
@@ -170,10 +142,10 @@ class CallRecorder:
         return tool.seconds
 
     def ended(self, reason: str, now: float, frames: Mapping[str, int],
-              outcome: Outcome | None = None) -> None:
+              outcome: Outcome) -> None:
         self.ended_at = now
         self.end_reason = reason
-        self.outcome = outcome or outcome_for(reason)
+        self.outcome = outcome
         self.frames = dict(frames)
         self.activity = "ended"
         self._event(now, "call.ended", outcome=self.outcome.value)

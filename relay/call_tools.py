@@ -104,8 +104,8 @@ class _Control:
             tools._loop.call_soon_threadsafe(tools.finish_after_goodbye, action, self._call_id)
 
     def end_call(self, reason: str = "") -> None:
-        self._schedule(EndCall(f"agent ended the call{': ' + reason if reason else ''}",
-                               outcome=Outcome.COMPLETED))
+        self._schedule(EndCall(f"agent ended the call{': ' + reason if reason else ''}", 1000,
+                               Outcome.COMPLETED))
 
     def transfer(self, number: str | None = None) -> str:
         s = self._tools._settings

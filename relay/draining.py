@@ -43,7 +43,7 @@ POLL = 0.1
 GOODBYE_INSTRUCTIONS = ("The service has to restart now. Tell the caller, in one short "
                         "sentence, that you must end the call and that they can call back, "
                         "then say goodbye.")
-# Call records name the outcome from the reason: "the server is shutting down" is ``drained``.
+# The drained calls end as ``Outcome.DRAINED`` (routes passes it); this is their reason text.
 DRAINED_REASON = "the server is shutting down (drain deadline)"
 
 Step = Literal["wait", "end_calls", "exit"]
@@ -79,11 +79,9 @@ def drain_step(times: DrainTimes, *, now: float, started: float, active: int,
 class Endable(Protocol):
     opened_call_sid: str | None  # the Twilio call of the stream, once admitted
 
-    def say_goodbye_and_end(self, instructions: str, reason: str,
-                            outcome: Outcome | None = None) -> None: ...
+    def say_goodbye_and_end(self, instructions: str, reason: str, outcome: Outcome) -> None: ...
 
-    def end_now(self, reason: str, outcome: Outcome | None = None,
-                number: str | None = None) -> None: ...
+    def end_now(self, reason: str, outcome: Outcome, number: str | None = None) -> None: ...
 
 
 class LiveCalls:

@@ -40,11 +40,12 @@ class StoreUnavailable(RelayError):
 class CallEnded(Exception):
     """A peer or the relay finished the call; the message is the reason.
 
-    ``outcome`` (a ``relay.outcomes.Outcome``) is what the ``<Connect action>`` answers once the
-    stream is closed (None: the fallback); ``number`` the ``<Dial>`` target of a transfer.
+    ``outcome`` (a ``relay.outcomes.Outcome``) is how the call ended, named where it ends
+    (never guessed from the reason); the ``<Connect action>`` answers from it once the stream is
+    closed. ``number`` is the ``<Dial>`` target of a transfer.
     """
 
-    def __init__(self, reason: str, close_code: int = 1000, outcome: Outcome | None = None,
+    def __init__(self, reason: str, close_code: int, outcome: Outcome,
                  number: str | None = None) -> None:
         super().__init__(reason)
         self.close_code = close_code

@@ -113,7 +113,7 @@ class CallWatch:
                                                 ok=error is None)
         self._monitor._touch()
 
-    def ended(self, reason: str, outcome: Outcome | None = None) -> None:
+    def ended(self, reason: str, outcome: Outcome) -> None:
         c = self.counters
         self.recorder.ended(reason, self._loop.time(), {
             "to_agent": c.frames_to_agent, "to_caller": c.frames_to_caller,

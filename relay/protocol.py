@@ -162,14 +162,17 @@ class CallProtocol:
             raise ProtocolViolation("second start on one stream")
         start = msg.get("start")
         if type(start) is not dict:
-            return [EndCall("malformed start message: no start object", 1008)]
+            return [EndCall("malformed start message: no start object", 1008,
+                            Outcome.STREAM_FAILED)]
         stream_sid = start.get("streamSid") or msg.get("streamSid")
         call_sid = start.get("callSid")
         if type(stream_sid) is not str or not stream_sid or type(call_sid) is not str:
-            return [EndCall("malformed start message: no streamSid or callSid", 1008)]
+            return [EndCall("malformed start message: no streamSid or callSid", 1008,
+                            Outcome.STREAM_FAILED)]
         params = start.get("customParameters") or {}
         if type(params) is not dict:
-            return [EndCall("malformed start message: customParameters is not an object", 1008)]
+            return [EndCall("malformed start message: customParameters is not an object", 1008,
+                            Outcome.STREAM_FAILED)]
         self.info = StreamInfo(
             stream_sid=stream_sid,
             call_sid=call_sid,

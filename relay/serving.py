@@ -81,8 +81,9 @@ MAX_MESSAGE = 64 * 1024
 
 TESTED = "uvicorn 0.54 with websockets 17"
 # What MediaStreamProtocol overrides or calls of uvicorn's protocol, and the state it reads.
-BASE_METHODS = ("handle_connect", "send", "keepalive_timeout", "send_receive_event_to_app")
-BASE_STATE = ("transport", "conn", "loop", "scope", "response", "handshake_complete",
+BASE_METHODS = ("handle_connect", "send", "keepalive_timeout", "send_receive_event_to_app",
+                "connection_lost")
+BASE_STATE = ("transport", "conn", "loop", "scope", "response", "handshake_complete", "queue",
               "close_sent", "disconnected", "close_timer", "close_timeout", "writable", "frames",
               "curr_msg_data_type")
 
@@ -176,6 +177,13 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
         super().keepalive_timeout()
         if failing:
             self.transport.abort()  # a dead peer never takes the buffered data: do not wait
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.handshake_complete and not self.close_sent and self.conn.close_rcvd is None:
+            # Lost without a close frame: 1006 (RFC 6455 §7.1.5). uvicorn reports 1005, which
+            # is also what a close frame without a code gives, so a drop would read as a hang-up.
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": 1006})
+        super().connection_lost(exc)
 
     def send_receive_event_to_app(self) -> None:
         on_text = self.on_text

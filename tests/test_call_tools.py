@@ -13,6 +13,7 @@ from relay.actions import Action, EndCall, Log, RunTool, Transfer
 from relay.agent_messages import session_update
 from relay.call_tools import CallTools
 from relay.config import Settings
+from relay.outcomes import Outcome
 from relay.protocol import CallProtocol
 from relay.tools import CallInfo, Registry, ToolContext, tool
 
@@ -89,6 +90,6 @@ async def test_a_sync_tool_asks_from_its_thread_and_the_loop_acts() -> None:
 async def test_a_second_request_while_one_is_pending_is_ignored_and_spawns_nothing() -> None:
     h = Harness(Registry([]))
     h.tools.started(CALL)
-    assert h.tools.finish_after_goodbye(EndCall("agent ended the call"), None) is True
+    assert h.tools.finish_after_goodbye(EndCall("agent ended the call", 1000, Outcome.COMPLETED), None) is True
     assert h.tools.finish_after_goodbye(Transfer("+15550009999"), None) is False
     assert h.tasks == ["hang-up deadline"]  # one deadline, carrying the first request

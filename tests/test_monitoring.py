@@ -381,7 +381,7 @@ async def test_a_transfer_is_counted_and_recorded(make_relay, tmp_path: Path) ->
     assert moved(before, after, "relay_tool_calls_total", tool="transfer_call", result="ok") == 1
 
 
-async def test_a_call_cut_by_the_server_shutting_down_is_recorded_as_drained(
+async def test_a_call_cut_by_the_server_shutting_down_is_recorded_as_shut_down(
         make_relay, tmp_path: Path) -> None:
     async with relay_with(None, make_relay, tmp_path) as (agent, relay):
         call_context = SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN)
@@ -394,8 +394,25 @@ async def test_a_call_cut_by_the_server_shutting_down_is_recorded_as_drained(
         finally:
             await call_context.__aexit__(None, None, None)
     (record,) = read_records(tmp_path / "calls")  # written before the server finished
-    assert record["outcome"] == "drained"
+    # Not "drained": that is the polite drain deadline, and this call got no goodbye.
+    assert record["outcome"] == "shut_down"
     assert record["end_reason"] == "the server is shutting down"
+
+
+async def test_a_twilio_stream_dropped_without_a_close_is_a_stream_failure(
+        make_relay, tmp_path: Path) -> None:
+    async with relay_with(None, make_relay, tmp_path) as (agent, relay):
+        _, before = await scrape(relay)
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
+            session = await agent.session()
+            await session.ready.wait()
+            call.ws.transport.abort()  # the TCP connection is gone: no stop, no close frame
+            await asyncio.wait_for(session.closed.wait(), 5 * MS)
+        (record,) = await wait_for_records(tmp_path / "calls", 1)
+        _, after = await scrape(relay)
+    assert record["outcome"] == "stream_failed"  # not a hang-up: the caller may still be there
+    assert moved(before, after, "relay_calls_total", outcome="stream_failed") == 1
+    assert moved(before, after, "relay_calls_total", outcome="caller_hung_up") == 0
 
 
 async def test_calls_refused_at_the_webhook_are_counted_by_outcome(make_relay,

@@ -305,7 +305,7 @@ def test_hang_up_waits_for_the_goodbye_to_be_heard() -> None:
     call = started()
     call.agent_message({"type": "reply.started", "reply_id": "r1"})
     call.agent_message({"type": "tool.call", "call_id": "c1", "name": "end_call", "arguments": {}})
-    call.finish_after_goodbye(EndCall("agent ended the call"), "c1")
+    call.finish_after_goodbye(EndCall("agent ended the call", 1000, Outcome.COMPLETED), "c1")
     call.tool_finished("c1", "{}", is_error=False)
     # the filler reply ends: the result goes out, but that reply is not the goodbye
     done = call.agent_message({"type": "reply.done", "reply_id": "r1"})
@@ -315,7 +315,7 @@ def test_hang_up_waits_for_the_goodbye_to_be_heard() -> None:
     done = wire(call.agent_message({"type": "reply.done", "reply_id": "r2"}))
     assert done[-1] == ToTwilio({"event": "mark", "streamSid": SID, "mark": {"name": "hangup"}})
     assert wire(call.twilio_message({"event": "mark", "mark": {"name": "hangup"}})) == [
-        EndCall("agent ended the call")]
+        EndCall("agent ended the call", 1000, Outcome.COMPLETED)]
 
 
 def test_transfer_without_a_tool_call_follows_the_next_reply() -> None:
@@ -329,9 +329,9 @@ def test_transfer_without_a_tool_call_follows_the_next_reply() -> None:
 
 def test_a_second_request_to_finish_is_refused_and_the_first_one_stands() -> None:
     call = started()
-    assert call.finish_after_goodbye(EndCall("agent ended the call")) is not None
+    assert call.finish_after_goodbye(EndCall("agent ended the call", 1000, Outcome.COMPLETED)) is not None
     assert call.finish_after_goodbye(Transfer("+15550009999")) is None
     call.agent_message({"type": "reply.started", "reply_id": "r1"})
     call.agent_message({"type": "reply.done", "reply_id": "r1"})
     assert wire(call.twilio_message({"event": "mark", "mark": {"name": "hangup"}})) == [
-        EndCall("agent ended the call")]
+        EndCall("agent ended the call", 1000, Outcome.COMPLETED)]

@@ -35,6 +35,7 @@ from relay.actions import (
     Transfer,
 )
 from relay.errors import ProtocolViolation
+from relay.outcomes import Outcome
 from relay.protocol import CallProtocol
 from relay.recovery import Failure, Kind
 
@@ -282,7 +283,7 @@ def test_any_sequence_raises_only_protocol_violations_and_emits_valid_messages(
                 actions = protocol.tool_finished(receivers.tools.pop(0), result,
                                                  is_error=is_error)
             else:
-                action = EndCall("bye") if payload == "hangup" else Transfer("+15550001111")
+                action = EndCall("bye", 1000, Outcome.COMPLETED) if payload == "hangup" else Transfer("+15550001111")
                 actions = protocol.finish_after_goodbye(action, None) or []
         except ProtocolViolation:
             continue

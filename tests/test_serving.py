@@ -40,7 +40,7 @@ class _Base:
     def __init__(self) -> None:
         self.transport = self.conn = self.loop = self.scope = self.response = None
         self.handshake_complete = self.close_sent = self.disconnected = False
-        self.close_timer = self.close_timeout = self.writable = None
+        self.close_timer = self.close_timeout = self.writable = self.queue = None
 
     def handle_connect(self) -> None:
         self.curr_msg_data_type = "text"  # assigned in any method counts
@@ -50,6 +50,8 @@ class _Base:
     def keepalive_timeout(self) -> None: ...
 
     def send_receive_event_to_app(self) -> None: ...
+
+    def connection_lost(self) -> None: ...
 
 
 class _LacksAMethod(_Base):
@@ -61,11 +63,12 @@ class _LacksState:
 
     frames: list[bytes] = []
     handle_connect = send = keepalive_timeout = send_receive_event_to_app = _Base.send
+    connection_lost = _Base.send
 
     def __init__(self) -> None:
         self.transport = self.conn = self.loop = self.scope = self.response = None
         self.handshake_complete = self.close_sent = self.disconnected = False
-        self.close_timer = self.close_timeout = self.curr_msg_data_type = None
+        self.close_timer = self.close_timeout = self.curr_msg_data_type = self.queue = None
 
 
 def test_a_base_class_with_all_of_it_passes() -> None:
