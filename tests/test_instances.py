@@ -345,10 +345,8 @@ async def test_sigkill_of_the_instance_holding_a_call_resumes_it_on_the_survivor
 @pytest.mark.anyio
 async def test_a_token_used_on_one_instance_is_refused_on_the_other(
         pair: Callable[..., tuple[RelayProcess, ...]], agent: FakeAgent) -> None:
-    a, b = pair()
-    await asyncio.gather(a.start(), b.start())
-    async with SimulatedCall.dial(a.base_url, auth_token=AUTH_TOKEN,
-                                  connect_to=ws_base(b)) as call:
+    a, b = await started(pair)
+    async with dial(a, b) as call:
         await echoed(call, b"\x06" * 160, 5 * MS)
         twiml = twiml_module.connect_stream(call.stream.url, call.stream.parameters,
                                             action=call.stream.action)
