@@ -140,7 +140,9 @@ async def chromium(tmp_path: Path, microphone: Path) -> AsyncIterator[DevTools]:
             start_new_session=True)
     try:
         port_file = profile / "DevToolsActivePort"
-        async with asyncio.timeout(10 * MS):
+        # A browser's first start on a busy machine (fonts, a new profile) can take many
+        # seconds; this bounds start-up only, never what the tests then check.
+        async with asyncio.timeout(25 * MS):
             while len(lines := (port_file.read_text().split() if port_file.exists() else [])) < 2:
                 if proc.returncode is not None:
                     raise RuntimeError(f"chromium exited with {proc.returncode}: "

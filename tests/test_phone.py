@@ -252,7 +252,7 @@ async def softphone_agent(session: AgentSession) -> None:
     await session.send({"type": "input.speech.started"})
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(60)
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package "
                     "(apt-get install chromium) for the in-browser softphone test")
 async def test_softphone_call_in_headless_chromium(tmp_path: Path) -> None:
@@ -326,7 +326,7 @@ async def agent_hangs_up(session: AgentSession) -> None:
     await session.ws.close(1000)
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(60)
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package "
                     "(apt-get install chromium) for the in-browser softphone test")
 async def test_softphone_shows_a_denied_microphone_and_the_relay_hanging_up(tmp_path: Path) -> None:
