@@ -55,6 +55,8 @@ CALL_KEY = "stream-call:"
 # (a crashed process takes its places with it). The agent-session slot, which other instances
 # count too, is a lease of CALL_LEASE seconds instead, renewed while the call lives.
 SLOT_MARGIN = 60.0
+RESTREAM_MARK = "#"  # between a CallSid and its re-stream's number, in the name of its places
+UNLIMITED = 1 << 30  # the limit of a renewal: a place already held is never refused
 # How one hit reaches the rate limiter (the shared store's guard fails it open).
 Limited = Callable[[Callable[[], Awaitable[bool]]], Awaitable[bool]]
 
@@ -104,6 +106,15 @@ def refusal_twiml(refusal: Refusal, fallback_number: str | None, *,
     return str(response)
 
 
+def places_name(call_sid: str, restream: int, open_here: set[str]) -> str:
+    """The name of a stream's places (pure): its call's first stream renews those /twiml
+    took (named by the CallSid); a re-stream, or any other stream open here, has its own."""
+    if not restream and call_sid not in open_here:
+        return call_sid
+    name = f"{call_sid}{RESTREAM_MARK}{restream}"
+    return name if name not in open_here else f"{name}.{len(open_here)}"
+
+
 def token_id(token: str) -> str:
     """What the store keeps of a used token: a digest, never the token."""
     return hashlib.sha256(token.encode()).hexdigest()[:32]
@@ -129,7 +140,7 @@ class Admission:
         # How a hit reaches the limiter: as it is, or failing open when its storage fails.
         self._limited = limited or _as_is
         self._caller_key = hashlib.sha256(b"relay-caller:" + settings.relay_secret.encode())
-        self._streams: dict[str, int] = {}  # CallSid -> streams open in this process
+        self._streams: dict[str, set[str]] = {}  # CallSid -> the places of its streams here
 
     def _caller(self, number: str) -> str:
         # The limiter's keys are digests: a shared store holds no list of who called.
@@ -170,10 +181,13 @@ class Admission:
             return MAX_SESSIONS
         return None
 
-    async def open_stream(self, call_sid: str, token: str) -> bool:
-        """A stream presents ``token`` (already verified): True when it is its first use.
+    async def open_stream(self, call_sid: str, token: str, restream: int = 0) -> str | None:
+        """A stream presents ``token`` (already verified): on its first use, the name of the
+        stream's places (for ``close_stream``), else None.
 
-        The token's id is kept until the token expires (and a second longer).
+        The token's id is kept until the token expires (and a second longer). A call streamed
+        again (``restream``: how many times) has places of its own, never refused (the call
+        is already up), so the stream it replaced, when it ends, gives back only its own.
         """
         expires = StreamTokens.expiry(token)
         ttl = max(1.0, (expires or 0) - time.time() + 1.0) if expires else self._settings.token_ttl
@@ -182,37 +196,47 @@ class Admission:
         if not await self._store.put_new(TOKEN_KEY + token_id(token), call_sid, ttl):
             log.warning("[%s] a second stream for this CallSid refused: its token already "
                         "opened a stream", call_sid)
-            return False
+            return None
         s = self._settings
-        if not await self._store.put_new(CALL_KEY + call_sid, "1", s.max_call_seconds):
+        if not await self._store.put_new(CALL_KEY + call_sid, "1", s.max_call_seconds) \
+                and not restream:
             log.warning("[%s] a second stream for this CallSid let in: it has a token of its "
                         "own (a second webhook)", call_sid)
-        self._streams[call_sid] = self._streams.get(call_sid, 0) + 1
+        open_here = self._streams.setdefault(call_sid, set())
+        places = places_name(call_sid, restream, open_here)
+        open_here.add(places)
         life = s.max_call_seconds + SLOT_MARGIN
         if s.max_concurrent_calls is not None:
-            await self._local.acquire(CALLS, call_sid, limit=1 << 30, ttl=life)
+            await self._local.acquire(CALLS, places, limit=UNLIMITED, ttl=life)
         if s.agent_max_sessions is not None:  # a lease, renewed while the call lives
-            await self._store.acquire(AGENT_SESSIONS, call_sid, limit=1 << 30,
-                                      ttl=s.call_lease)
-        return True
+            await self._store.acquire(AGENT_SESSIONS, places, limit=UNLIMITED, ttl=s.call_lease)
+        return places
 
     async def renew(self, call_sid: str, lease: float) -> None:
-        """Renew the agent-session slot of a call this process streams (the directory's
+        """Renew the agent-session slots of a call this process streams (the directory's
         renewal task calls it): a crashed instance's slots free themselves within ``lease``."""
-        if self._settings.agent_max_sessions is not None and call_sid in self._streams:
-            await self._store.acquire(AGENT_SESSIONS, call_sid, limit=1 << 30, ttl=lease)
-
-    async def close_stream(self, call_sid: str) -> None:
-        """A stream ``open_stream`` let in has ended: its call's places are free again."""
-        left = self._streams.get(call_sid, 0) - 1
-        if left > 0:
-            self._streams[call_sid] = left
+        if self._settings.agent_max_sessions is None:
             return
-        self._streams.pop(call_sid, None)
-        await self._store.delete(CALL_KEY + call_sid)  # a second stream matters while one is up
-        await self._local.release(CALLS, call_sid)
+        for places in list(self._streams.get(call_sid, ())):
+            await self._store.acquire(AGENT_SESSIONS, places, limit=UNLIMITED, ttl=lease)
+            if places not in self._streams.get(call_sid, ()):
+                # the stream ended while its lease was renewed: the renewal must not outlive it
+                await self._store.release(AGENT_SESSIONS, places)
+
+    async def close_stream(self, places: str) -> None:
+        """A stream ``open_stream`` let in has ended: its places are free again."""
+        call_sid = places.partition(RESTREAM_MARK)[0]
+        open_here = self._streams.get(call_sid, set())
+        if places not in open_here:
+            return
+        open_here.discard(places)
+        if not open_here:
+            del self._streams[call_sid]
+            # a second stream matters while one is up
+            await self._store.delete(CALL_KEY + call_sid)
+        await self._local.release(CALLS, places)
         if self._settings.agent_max_sessions is not None:
-            await self._store.release(AGENT_SESSIONS, call_sid)
+            await self._store.release(AGENT_SESSIONS, places)
 
     async def calls(self) -> int:
         """Calls this process holds a place for (answered, or streaming)."""

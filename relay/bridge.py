@@ -66,7 +66,7 @@ from relay.actions import (
     Transfer,
 )
 from relay.agent_link import AgentLink, LinkClosed, Message
-from relay.call_directory import CallDirectory, LiveEntry
+from relay.call_directory import CallDirectory, LiveEntry, new_holder
 from relay.call_tools import CallTools
 from relay.config import Settings
 from relay.errors import CallEnded, ProtocolViolation
@@ -80,7 +80,7 @@ from relay.redaction import redact
 from relay.security import StreamTokens
 from relay.serving import RECEIVE_TEXT, SEND_TEXT, StreamStalled
 from relay.store import Store
-from relay.takeover import restreams
+from relay.takeover import keeps_session, restreams
 from relay.tools import CallInfo, Registry
 
 logger = logging.getLogger("relay.call")
@@ -94,7 +94,8 @@ _STREAM_FAILURES = {
     1012: ("the server is shutting down", Outcome.SHUT_DOWN),
 }
 # Admits a stream by (CallSid, verified token): False when the token already opened one.
-StreamOpener = Callable[[str, str], Awaitable[bool]]
+# Admits a stream (CallSid, token, re-stream number): the name of its places, or None.
+StreamOpener = Callable[[str, str, int], Awaitable[str | None]]
 # What the call's recorder keeps but observers (the simulator, the softphone) are not sent.
 _RECORD_ONLY = frozenset({"speech.started", "speech.stopped", "reply.started", "reply.audio",
                           "agent.words", "agent.error", "tool.dropped", "agent.reconnect"})
@@ -142,6 +143,8 @@ class CallBridge:
         self._purpose = purpose
         self._open_stream = open_stream
         self.opened_call_sid: str | None = None  # set once open_stream admitted this stream
+        self.places: str | None = None  # what open_stream holds for it, until close_stream
+        self._holder = new_holder()  # this stream, in its call's live-call entry
         self._token = self._call_sid = ""
         self._call: CallInfo | None = None  # the verified start, until the stream is admitted
         self.protocol = CallProtocol(
@@ -208,7 +211,8 @@ class CallBridge:
         except* CallEnded as group:
             ended = group.exceptions[0]
             assert isinstance(ended, CallEnded)
-            reason, code, outcome = str(ended), ended.close_code, ended
+            outcome = self._lost_or(ended)
+            reason, code = str(outcome), outcome.close_code
         finally:
             self._tg = None
             try:
@@ -228,7 +232,10 @@ class CallBridge:
     async def _open_session(self) -> None:
         """Admit the stream (its token opens one stream only), then send the session.update."""
         if self._open_stream is not None:
-            if not await self._open_stream(self._call_sid, self._token):
+            info = self.protocol.info
+            again = restreams(info.parameters) if info is not None else 0
+            self.places = await self._open_stream(self._call_sid, self._token, again)
+            if self.places is None:
                 raise CallEnded("stream rejected: its token already opened a stream", 1008,
                                 Outcome.REFUSED_UNAUTHORIZED)
             self.opened_call_sid = self._call_sid
@@ -263,7 +270,7 @@ class CallBridge:
         params = {k: v for k, v in info.parameters.items() if k != "token"}
         entry = LiveEntry(call_sid=info.call_sid, instance="", started_at=time.time(),
                           direction=params.get("direction", self._purpose), parameters=params,
-                          restreams=restreams(params))
+                          restreams=restreams(params), holder=self._holder)
         if taken_over is not None:  # the same call: its start, its session until resumed
             entry = replace(entry, started_at=taken_over.started_at,
                             session_id=taken_over.session_id,
@@ -403,23 +410,43 @@ class CallBridge:
         self.watch.started(call_sid=call.call_sid, direction=call.direction, caller=call.caller,
                            called=call.called)
 
+    def _lost_or(self, ended: CallEnded) -> CallEnded:
+        """``ended``, or ``stream_lost`` when the call's next stream will want its session."""
+        info = self.protocol.info
+        stream_open = self._twilio.client_state is WebSocketState.CONNECTED
+        if (self._listed and info is not None
+                and keeps_session(ended.outcome, stream_open=stream_open,
+                                  session_id=self.protocol.session_id,
+                                  parameters=info.parameters)):
+            self.log.warning("Twilio's stream was lost with agent session %s live: the session "
+                             "is kept for the stream the <Connect action> opens next",
+                             self.protocol.session_id)
+            return CallEnded(f"{ended}; agent session kept for the next stream",
+                             ended.close_code, Outcome.STREAM_LOST)
+        return ended
+
     async def _teardown(self, close_code: int, reason: str, ended: CallEnded | None) -> None:
         """The caller first (outcome, then the stream's close), then the agent session."""
         self._tearing_down = True
         agent, self._agent = self._agent, None
+        # A lost stream leaves its session and entry for the call's next stream.
+        keep = ended is not None and ended.outcome is Outcome.STREAM_LOST
         try:
             await self._let_caller_go(close_code, reason, ended)
         finally:
             if agent is not None:
-                await self._end_agent(agent)
+                await self._end_agent(agent, end_session=not keep)
             if self._directory is not None and self._listed:
-                await self._directory.remove(self._call_sid)
+                await self._directory.remove(self._call_sid, self._holder, keep=keep)
 
-    async def _end_agent(self, agent: AgentLink) -> None:
-        """``session.end`` (billing stops), a bounded wait for ``session.ended``, the close."""
+    async def _end_agent(self, agent: AgentLink, *, end_session: bool = True) -> None:
+        """``session.end`` (billing stops), a bounded wait for ``session.ended``, the close.
+
+        Without ``end_session``, only the close: the agent keeps the session for its grace
+        window, for another stream to resume."""
         timeout = self._settings.agent_close_timeout
         try:
-            if self.protocol.session_open:
+            if end_session and self.protocol.session_open:
                 with contextlib.suppress(LinkClosed, TimeoutError):
                     agent.send(orjson.dumps(agent_messages.session_end()))
                     async with asyncio.timeout(timeout):
@@ -580,7 +607,7 @@ class CallBridge:
     def _agent_ready(self) -> None:
         """Keep the session's id and resume token where another instance can resume it."""
         if self._directory is not None and self._listed:
-            self._task(self._directory.update(self._call_sid,
+            self._task(self._directory.update(self._call_sid, self._holder,
                                               session_id=self.protocol.session_id,
                                               resume_token=self.protocol.resume_token),
                        "call directory")

@@ -9,11 +9,20 @@ what another instance needs to take the call over when its holder died mid-call:
 ``session_id`` and resume token, the stream's ``<Parameter>``s, and how many times the call
 has already been streamed again.
 
+Each entry names its ``holder``, the stream that wrote it: a call streamed again (after a lost
+stream, or on another instance) gets a new holder, and the stream it replaced, when it ends,
+takes back only its own entry (``Store.delete_if``), never the new one, whichever instance each
+is on. A stream lost with its agent session live may leave its entry (``keep``): it outlives
+the stream by up to ``lease`` seconds, for the ``<Connect action>`` to stream the call again.
+A renewal and the end of the same call never interleave (one lock), so a renewal cannot bring
+back the entry of a call that has just ended.
+
 Hanging up a call held elsewhere goes through the bus (``hangup`` channel): every instance
 listens, and the one holding the call hangs it up.
 
 Store round trips per call: 2 when it starts (value and slot), 1 when the agent session is
-ready, 2 when it ends, and 2 per renewal (every ``lease / 3`` seconds) while it lasts.
+ready, 2 when it ends (none when the entry is kept), and 2 per renewal (every ``lease / 3``
+seconds) while it lasts.
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ class LiveEntry:
     session_id: str | None = None
     resume_token: str | None = None
     restreams: int = 0
+    holder: str = ""  # the stream that wrote the entry (``new_holder``)
 
     def to_json(self) -> str:
         return orjson.dumps(asdict(self)).decode()
@@ -78,9 +88,15 @@ class LiveEntry:
                                    (data.get("parameters") or {}).items()},
                        session_id=data.get("session_id") or None,
                        resume_token=data.get("resume_token") or None,
-                       restreams=int(data.get("restreams") or 0))
+                       restreams=int(data.get("restreams") or 0),
+                       holder=str(data.get("holder") or ""))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             return None
+
+
+def new_holder() -> str:
+    """A stream's name in its call's entry: unique among the streams of every instance."""
+    return secrets.token_hex(8)
 
 
 class CallDirectory:
@@ -98,31 +114,48 @@ class CallDirectory:
         self.renewals = renewals if renewals is not None else []
         self._mine: dict[str, LiveEntry] = {}
         self._hang_ups: dict[str, HangUp] = {}
+        # Held while one call's leases are written: its end waits for that write, no longer.
+        self._writing = asyncio.Lock()
 
     def mine(self) -> list[LiveEntry]:
         return list(self._mine.values())
 
-    async def add(self, entry: LiveEntry, hang_up: HangUp) -> None:
-        """A call of this instance has started (or been taken over by it)."""
-        entry = replace(entry, instance=self.instance)
-        self._mine[entry.call_sid] = entry
-        self._hang_ups[entry.call_sid] = hang_up
-        await self._write(entry)
-
-    async def update(self, call_sid: str, **changes: Any) -> None:
+    def _holds(self, call_sid: str, holder: str) -> LiveEntry | None:
         entry = self._mine.get(call_sid)
-        if entry is None:
-            return
-        self._mine[call_sid] = entry = replace(entry, **changes)
-        await self.store.put(KEY_PREFIX + call_sid, entry.to_json(), self.lease)
+        return entry if entry is not None and entry.holder == holder else None
 
-    async def remove(self, call_sid: str) -> None:
-        """The call has ended here: its entry goes at once (not at the end of its lease)."""
-        if self._mine.pop(call_sid, None) is None:
-            return
-        self._hang_ups.pop(call_sid, None)
-        await self.store.delete(KEY_PREFIX + call_sid)
-        await self.store.release(POOL, call_sid)
+    async def add(self, entry: LiveEntry, hang_up: HangUp) -> None:
+        """A stream of this instance has started its call (or taken it over)."""
+        assert entry.holder, "an entry names the stream that holds it"
+        entry = replace(entry, instance=self.instance)
+        async with self._writing:
+            self._mine[entry.call_sid] = entry
+            self._hang_ups[entry.call_sid] = hang_up
+            await self._write(entry, claim=True)
+
+    async def update(self, call_sid: str, holder: str, **changes: Any) -> None:
+        async with self._writing:
+            entry = self._holds(call_sid, holder)
+            if entry is None:
+                return
+            self._mine[call_sid] = new = replace(entry, **changes)
+            await self.store.put_over(KEY_PREFIX + call_sid, entry.to_json(), new.to_json(),
+                                      self.lease)
+
+    async def remove(self, call_sid: str, holder: str, *, keep: bool = False) -> None:
+        """``holder``'s stream has ended here: its entry goes at once, or, with ``keep``, is
+        left to its lease (the call may be streamed again). A newer holder's entry stays."""
+        async with self._writing:
+            entry = self._holds(call_sid, holder)
+            if entry is None:
+                return
+            del self._mine[call_sid]
+            self._hang_ups.pop(call_sid, None)
+            if keep:
+                return
+            # Only if no other stream (here or elsewhere) has written the call's entry since.
+            if await self.store.delete_if(KEY_PREFIX + call_sid, entry.to_json()):
+                await self.store.release(POOL, call_sid)
 
     async def find(self, call_sid: str) -> LiveEntry | None:
         entry = self._mine.get(call_sid)
@@ -162,19 +195,27 @@ class CallDirectory:
             log.info("[%s] hang-up asked by another instance", call_sid)
             local(now=now)
 
-    async def _write(self, entry: LiveEntry) -> None:
-        await self.store.put(KEY_PREFIX + entry.call_sid, entry.to_json(), self.lease)
+    async def _write(self, entry: LiveEntry, *, claim: bool = False) -> None:
+        """Write the call's entry: ``claim`` it (a stream that starts or takes the call over),
+        or renew it unless another stream has written it since (an entry that expired, as
+        in a store outage, is written back)."""
+        key, value = KEY_PREFIX + entry.call_sid, entry.to_json()
+        if claim:
+            await self.store.put(key, value, self.lease)
+        else:
+            await self.store.put_over(key, value, value, self.lease)
         await self.store.acquire(POOL, entry.call_sid, limit=UNBOUNDED, ttl=self.lease)
 
     async def renew(self) -> None:
         """One renewal of every lease of this instance's calls."""
         for call_sid in list(self._mine):
-            entry = self._mine.get(call_sid)
-            if entry is None:
-                continue  # ended meanwhile
-            await self._write(entry)
-            for renewal in self.renewals:
-                await renewal(call_sid, self.lease)
+            async with self._writing:
+                entry = self._mine.get(call_sid)
+                if entry is None:
+                    continue  # ended meanwhile
+                await self._write(entry)
+                for renewal in self.renewals:
+                    await renewal(call_sid, self.lease)
 
     async def run(self) -> None:
         """Renew this instance's leases and answer hang-ups from others, until cancelled."""

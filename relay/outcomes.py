@@ -23,4 +23,6 @@ class Outcome(StrEnum):
     OPERATOR_HUNG_UP = "operator_hung_up"  # hung up from the calls page or its API
     STREAM_FAILED = "stream_failed"  # the Twilio stream broke: no start, protocol error, stalled,
     # or dropped without a close (1006)
+    STREAM_LOST = "stream_lost"  # Twilio's stream dropped with the agent session live: the
+    # session and the call's entry were left for the stream the <Connect action> opens next
     RELAY_ERROR = "relay_error"  # a fault in the relay itself (logged with its traceback)

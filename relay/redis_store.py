@@ -45,6 +45,25 @@ end
 return 1
 """
 
+# KEYS[1]: the value's key; ARGV: the value it may still hold, the new value, ttl in ms.
+# Returns 1 when set.
+_PUT_OVER = """
+local v = redis.call('GET', KEYS[1])
+if v == false or v == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', tonumber(ARGV[3]))
+    return 1
+end
+return 0
+"""
+
+# KEYS[1]: the value's key; ARGV[1]: the value it must still hold. Returns 1 when deleted.
+_DELETE_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 # KEYS[1]: the pool. Returns how many slots have not expired (ARGV[1] "list": which).
 _HELD = """
 local t = redis.call('TIME')
@@ -70,6 +89,8 @@ class RedisStore:
         self.prefix = prefix
         self._acquire = client.register_script(_ACQUIRE)
         self._held = client.register_script(_HELD)
+        self._delete_if = client.register_script(_DELETE_IF)
+        self._put_over = client.register_script(_PUT_OVER)
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float, prefix: str = "relay:") -> RedisStore:
@@ -102,6 +123,15 @@ class RedisStore:
 
     async def delete(self, key: str) -> None:
         await self._run(self.client.delete(self._value(key)))
+
+    async def put_over(self, key: str, old: str, value: str, ttl: float) -> bool:
+        done = await self._run(self._put_over(keys=[self._value(key)],
+                                              args=[old, value, _ms(ttl)]))
+        return bool(done)
+
+    async def delete_if(self, key: str, value: str) -> bool:
+        deleted = await self._run(self._delete_if(keys=[self._value(key)], args=[value]))
+        return bool(deleted)
 
     def _value(self, key: str) -> str:
         return f"{self.prefix}value:{key}"

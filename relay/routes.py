@@ -179,9 +179,10 @@ class Relay:
         # call's earlier ones, which were minted no later than now with the same TTL.
         params["token"] = self.tokens.mint(call_sid, now=time.time(),
                                            ttl=s.token_ttl + int(params[RESTREAM]))
-        log.warning("[%s] stream lost without an outcome (instance %s is gone?): streaming the "
-                    "call again (%s of %d) to resume agent session %s", call_sid,
-                    entry.instance, params[RESTREAM], MAX_RESTREAMS, entry.session_id)
+        log.warning("[%s] stream lost without an outcome (held by %s, which died or lost "
+                    "Twilio's stream): streaming the call again (%s of %d) to resume agent "
+                    "session %s", call_sid, entry.instance, params[RESTREAM], MAX_RESTREAMS,
+                    entry.session_id)
         return Response(twiml.connect_stream(s.stream_url, params, action=s.action_url),
                         media_type="text/xml")
 
@@ -225,8 +226,8 @@ class Relay:
                     await ws.close(1011)
         finally:
             self.calls.discard(bridge)
-            if bridge.opened_call_sid is not None:
-                await self.admission.close_stream(bridge.opened_call_sid)
+            if bridge.places is not None:
+                await self.admission.close_stream(bridge.places)
 
     async def healthz(self, request: Request) -> Response:
         return PlainTextResponse("ok")

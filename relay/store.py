@@ -30,6 +30,21 @@ class Store(Protocol):
     async def delete(self, key: str) -> None:
         """Forget ``key`` (no error when it is unset)."""
 
+    async def put_over(self, key: str, old: str, value: str, ttl: float) -> bool:
+        """Set ``key`` to ``value`` for ``ttl`` seconds if it is unset or still holds ``old``
+        (compare and set); True when this call set it.
+
+        A writer renews what it wrote without overwriting what another wrote since.
+        """
+        ...
+
+    async def delete_if(self, key: str, value: str) -> bool:
+        """Forget ``key`` only while it holds ``value``; True when this call forgot it.
+
+        A writer takes back what it wrote without undoing what another wrote since.
+        """
+        ...
+
     async def acquire(self, pool: str, holder: str, *, limit: int, ttl: float) -> bool:
         """Take (or renew) ``holder``'s slot in ``pool`` if fewer than ``limit`` are held.
 
@@ -88,6 +103,18 @@ class MemoryStore:
 
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)
+
+    async def put_over(self, key: str, old: str, value: str, ttl: float) -> bool:
+        if self._live(key) not in (None, old):
+            return False
+        await self.put(key, value, ttl)
+        return True
+
+    async def delete_if(self, key: str, value: str) -> bool:
+        if self._live(key) != value:
+            return False
+        del self._values[key]
+        return True
 
     def _slots(self, pool: str) -> dict[str, float]:
         now = self._clock()

@@ -1,4 +1,4 @@
-"""Taking over a call whose instance died mid-call: the decision (pure) and what it streams.
+"""Taking over a call whose stream was lost mid-call: the decisions (pure) and what it streams.
 
 When the instance holding a call's stream dies (SIGKILL, OOM, a lost machine), Twilio sees the
 stream end without the relay closing it and requests the ``<Connect action>`` URL, which any
@@ -11,6 +11,11 @@ instance) resumes the agent session with ``session.resume`` (``CallProtocol.take
 the caller is back in the same conversation. If the resume is refused, the recovery opens a
 fresh session with ``AGENT_RECONNECT_GREETING``, and only then the fallback.
 
+The same happens when Twilio's side of a stream drops (a connection lost without a close, as a
+network path or a load balancer can cut it) while the instance holding it lives: that stream
+ends as ``stream_lost`` (``keeps_session``) without ``session.end`` and leaves the call's entry
+to its lease, so the action request streams the call again and the session is resumed.
+
 At most ``MAX_RESTREAMS`` times per call; with no session to resume, or once Twilio reports
 the call ``completed``, the action answers as before (the fallback, or a hang-up).
 """
@@ -18,6 +23,7 @@ the call ``completed``, the action answers as before (the fallback, or a hang-up
 from __future__ import annotations
 
 from relay.call_directory import LiveEntry
+from relay.outcomes import Outcome
 
 # Streams a call may be given again after its instance died (counted in <Parameter restream>).
 MAX_RESTREAMS = 2
@@ -42,3 +48,12 @@ def restreams(parameters: dict[str, str]) -> int:
         return max(0, int(parameters.get(RESTREAM, "0")))
     except ValueError:
         return 0
+
+
+def keeps_session(outcome: Outcome, *, stream_open: bool, session_id: str | None,
+                  parameters: dict[str, str]) -> bool:
+    """Whether a stream that has ended leaves its agent session for the call's next stream:
+    Twilio's side broke (it will request the action; the relay did not end the call), there is
+    a session to resume, and the call may still be streamed again."""
+    return (outcome is Outcome.STREAM_FAILED and not stream_open and session_id is not None
+            and restreams(parameters) < MAX_RESTREAMS)

@@ -42,9 +42,10 @@ async def make_directory(
             await client.aclose()
 
 
-def entry(call_sid: str, **changes: object) -> LiveEntry:
+def entry(call_sid: str, holder: str = "", **changes: object) -> LiveEntry:
     return LiveEntry(call_sid=call_sid, instance="?", started_at=1000.0, direction="inbound",
-                     parameters={"caller": "+15550001111"}, **changes)  # type: ignore[arg-type]
+                     parameters={"caller": "+15550001111"}, holder=holder or f"h-{call_sid}",
+                     **changes)  # type: ignore[arg-type]
 
 
 class HangUps:
@@ -109,7 +110,7 @@ async def test_one_instance_lists_finds_and_hangs_up_the_others_calls(
         await b.add(entry("CA2"), hung_up.of("CA2"))
         assert sorted((e.call_sid, e.instance) for e in await b.all()) == [("CA1", "A"),
                                                                             ("CA2", "B")]
-        await a.update("CA1", session_id="sess_1", resume_token="rt_1")
+        await a.update("CA1", "h-CA1", session_id="sess_1", resume_token="rt_1")
         found = await b.find("CA1")
         assert found is not None and (found.session_id, found.resume_token) == ("sess_1", "rt_1")
         assert found.parameters == {"caller": "+15550001111"}
@@ -117,7 +118,7 @@ async def test_one_instance_lists_finds_and_hangs_up_the_others_calls(
         assert await b.hang_up("CA1", now=True)  # held by A: through the bus
         await hung_up.wait_for("CA1 now", 2 * MS)
         assert hung_up.calls == ["CA1 now"]
-        await a.remove("CA1")
+        await a.remove("CA1", "h-CA1")
         assert [e.call_sid for e in await b.all()] == ["CA2"]
         assert await b.find("CA1") is None
 
@@ -169,5 +170,81 @@ async def test_in_memory_for_one_process() -> None:
         await directory.add(entry("CA1"), hung_up.of("CA1"))
         assert [e.instance for e in await directory.all()] == ["only"]
         assert await directory.hang_up("CA1") and hung_up.calls == ["CA1"]
-        await directory.remove("CA1")
+        await directory.remove("CA1", "h-CA1")
         assert await directory.all() == []
+
+
+@pytest.mark.anyio
+async def test_the_stream_a_call_was_taken_from_removes_only_its_own_entry(
+        make_directory: Callable[..., CallDirectory]) -> None:
+    a, b = make_directory("A"), make_directory("B")
+    hung_up = HangUps()
+    await a.add(entry("CA1", "first"), hung_up.of("first"))
+    await b.add(entry("CA1", "second", restreams=1), hung_up.of("second"))  # B took it over
+    await a.update("CA1", "first", session_id="sess_stale")  # the old stream's late news
+    await a.remove("CA1", "first")  # the old stream ends after the takeover
+    found = await a.find("CA1")
+    assert found is not None and (found.instance, found.holder) == ("B", "second")
+    assert found.session_id is None
+    assert [e.call_sid for e in await a.all()] == ["CA1"]  # still listed, held by B
+    await b.remove("CA1", "second")
+    assert await a.find("CA1") is None and await a.all() == []
+
+
+@pytest.mark.anyio
+async def test_a_stream_taken_over_in_the_same_process_leaves_the_new_one_alone() -> None:
+    directory = CallDirectory(MemoryStore(), MemoryBus(), instance="only")
+    hung_up = HangUps()
+    await directory.add(entry("CA1", "first"), hung_up.of("first"))
+    await directory.add(entry("CA1", "second", restreams=1), hung_up.of("second"))
+    await directory.remove("CA1", "first")
+    assert [e.holder for e in directory.mine()] == ["second"]
+    assert [e.holder for e in await directory.all()] == ["second"]
+    assert await directory.hang_up("CA1") and hung_up.calls == ["second"]
+
+
+@pytest.mark.anyio
+async def test_a_kept_entry_outlives_its_stream_for_one_lease(
+        make_directory: Callable[..., CallDirectory]) -> None:
+    lease = 0.6 * MS
+    a, b = make_directory("A", lease=lease), make_directory("B", lease=lease)
+    await a.add(entry("CA1", session_id="sess_1"), lambda *, now: None)
+    await a.remove("CA1", "h-CA1", keep=True)  # Twilio's stream lost: kept for a re-stream
+    assert a.mine() == []
+    found = await b.find("CA1")
+    assert found is not None and found.session_id == "sess_1"
+    await asyncio.sleep(lease * 1.2)  # nobody renews it
+    assert await b.find("CA1") is None and await b.all() == []
+
+
+class GatedStore(MemoryStore):
+    """A store whose slot writes can be held at a gate: a slow store, in memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+        self.at_gate = asyncio.Event()
+
+    async def acquire(self, pool: str, holder: str, *, limit: int, ttl: float) -> bool:
+        if self.gate is not None:
+            self.at_gate.set()
+            await self.gate.wait()
+        return await super().acquire(pool, holder, limit=limit, ttl=ttl)
+
+
+@pytest.mark.anyio
+async def test_a_renewal_in_flight_never_brings_back_a_call_that_ended() -> None:
+    store = GatedStore()
+    directory = CallDirectory(store, MemoryBus(), instance="only")
+    await directory.add(entry("CA1"), lambda *, now: None)
+    store.gate = gate = asyncio.Event()
+    renewal = asyncio.create_task(directory.renew())
+    await asyncio.wait_for(store.at_gate.wait(), 2)  # the renewal is writing CA1's slot
+    ending = asyncio.create_task(directory.remove("CA1", "h-CA1"))
+    await asyncio.sleep(0.05)
+    assert not ending.done()  # the end waits for the write in flight, no longer
+    store.gate = None
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(renewal, ending), 2)
+    assert await store.get("live:CA1") is None
+    assert await store.holders("live") == []

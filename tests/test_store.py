@@ -86,6 +86,35 @@ async def test_put_new_sets_once_until_expiry(store: Store, t: Time) -> None:
 
 
 @pytest.mark.anyio
+async def test_delete_if_forgets_only_the_value_it_is_given(store: Store, t: Time) -> None:
+    await store.put("entry", "mine", ttl=t.s(10))
+    assert await store.delete_if("entry", "theirs") is False
+    assert await store.get("entry") == "mine"
+    await store.put("entry", "theirs", ttl=t.s(10))  # another writer took it over
+    assert await store.delete_if("entry", "mine") is False
+    assert await store.get("entry") == "theirs"
+    assert await store.delete_if("entry", "theirs") is True
+    assert await store.get("entry") is None
+    assert await store.delete_if("entry", "theirs") is False  # gone: nothing to forget
+    await store.put("entry", "mine", ttl=t.s(2))
+    await t.wait(3)
+    assert await store.delete_if("entry", "mine") is False  # expired
+
+
+@pytest.mark.anyio
+async def test_put_over_sets_an_unset_key_or_its_own_value_only(store: Store, t: Time) -> None:
+    assert await store.put_over("entry", "mine", "mine 1", ttl=t.s(10)) is True  # unset
+    assert await store.put_over("entry", "mine 1", "mine 2", ttl=t.s(10)) is True
+    assert await store.get("entry") == "mine 2"
+    await store.put("entry", "theirs", ttl=t.s(10))  # another writer took it over
+    assert await store.put_over("entry", "mine 2", "mine 3", ttl=t.s(10)) is False
+    assert await store.get("entry") == "theirs"
+    assert await store.put_over("entry", "theirs", "theirs 2", ttl=t.s(2)) is True
+    await t.wait(3)  # the new value's ttl is the one given
+    assert await store.get("entry") is None
+
+
+@pytest.mark.anyio
 async def test_slots_are_limited_renewed_released_and_expire(store: Store, t: Time) -> None:
     ttl = t.s(30)
     assert await store.acquire("agent", "CA1", limit=2, ttl=ttl)
