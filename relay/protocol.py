@@ -271,8 +271,8 @@ class CallProtocol:
         self._lost_session = session_id
         self.resume_token = resume_token
         attempt = self.recovery.begin(Mode.RESUME, now)
-        return [Log(f"taking over the call from an instance that is gone: resuming agent "
-                    f"session {session_id}", kind="agent.fault"),
+        return [Log(f"taking over the call from its lost stream: resuming agent session "
+                    f"{session_id}", kind="agent.fault"),
                 OpenLink(attempt, self._credential(attempt))]
 
     def link_ready(self, now: float) -> list[Action]:

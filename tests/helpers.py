@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import os
 import socket
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from relay.local.caller import new_sid
+from relay.local.caller import SimulatedCall, new_sid
 from relay.record_log import read_records
 from relay.security import twilio_signature
 from relay.tools import tool
@@ -170,3 +172,22 @@ async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
 async def wait_for_records(directory: Path, count: int) -> list[dict[str, Any]]:
     await eventually(lambda: len(read_records(directory)) >= count)
     return read_records(directory)
+
+
+async def echoed(call: SimulatedCall, payload: bytes, timeout: float) -> float:
+    """Send frames until the agent's echo of exactly ``payload`` comes back; how long it took.
+
+    Caller audio before the agent's ``session.ready`` is dropped by design, so the first
+    frames of a call (or of a resumed call) may get no echo: keep sending, as a caller talks.
+    """
+    encoded = base64.b64encode(payload).decode()
+    started = time.monotonic()
+    async with asyncio.timeout(timeout):
+        for _ in itertools.count():
+            seen = len(call.events("media"))
+            await call.send_media(encoded)
+            with contextlib.suppress(TimeoutError):
+                found = await call.wait_for("media", seen + 1, timeout=0.02)  # 20 ms frames
+                if any(m["media"]["payload"] == encoded for m in found[seen:]):
+                    break
+    return time.monotonic() - started

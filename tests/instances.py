@@ -88,12 +88,24 @@ class RelayProcess:
         self.proc.send_signal(signal.SIGKILL)
         await asyncio.wait_for(self.proc.wait(), 5)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process stops answering, as a stalled or partitioned machine does."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: a frozen process goes on where it stopped."""
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGCONT)
+
     async def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; the exit status."""
         proc = self.proc
         if proc is None:
             return None
         if proc.returncode is None:
+            proc.send_signal(signal.SIGCONT)  # a frozen process could not act on SIGTERM
             proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), timeout)

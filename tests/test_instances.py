@@ -8,8 +8,6 @@ action request can each reach either instance. The agent is the strict fake, in 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import itertools
 import re
 import time
@@ -31,6 +29,7 @@ from relay.local.caller import SimulatedCall, new_sid, parse_stream
 from relay.security import twilio_signature
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import KEY, FakeAgent
+from tests.helpers import echoed
 from tests.instances import RelayProcess
 from tests.redis_server import RedisServer
 
@@ -119,25 +118,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float) -> fl
             if await check():
                 break
             await asyncio.sleep(0.02)
-    return time.monotonic() - started
-
-
-async def echoed(call: SimulatedCall, payload: bytes, timeout: float) -> float:
-    """Send frames until the agent's echo of exactly ``payload`` comes back; how long it took.
-
-    Caller audio before the agent's ``session.ready`` is dropped by design, so the first
-    frames of a call (or of a resumed call) may get no echo: keep sending, as a caller talks.
-    """
-    encoded = base64.b64encode(payload).decode()
-    started = time.monotonic()
-    async with asyncio.timeout(timeout):
-        for _ in itertools.count():
-            seen = len(call.events("media"))
-            await call.send_media(encoded)
-            with contextlib.suppress(TimeoutError):
-                found = await call.wait_for("media", seen + 1, timeout=0.02)  # 20 ms frames
-                if any(m["media"]["payload"] == encoded for m in found[seen:]):
-                    break
     return time.monotonic() - started
 
 
@@ -340,6 +320,52 @@ async def test_sigkill_of_the_instance_holding_a_call_resumes_it_on_the_survivor
     assert gap < 3.0 * MS
     assert all(not s.violations for s in agent.sessions), [s.violations for s in agent.sessions]
     assert "taking over the call" in a.log()
+
+
+@pytest.mark.anyio
+async def test_a_frozen_instance_that_wakes_after_its_call_moved_leaves_the_new_stream_alone(
+        pair: Callable[..., tuple[RelayProcess, ...]], agent: FakeAgent,
+        redis_client: aioredis.Redis) -> None:
+    a, b = await started(pair, AGENT_MAX_SESSIONS="5")
+    async with dial(a, b) as call:
+        await echoed(call, bytes(range(160)), 5 * MS)
+        session_id = agent.sessions[0].session_id
+
+        async def session_kept() -> bool:
+            entry = await live_entry(redis_client, call.call_sid)
+            return entry is not None and entry["session_id"] == session_id
+
+        await eventually(session_kept, 3 * MS)
+        b.freeze()  # B stalls with the call: Twilio's side of its stream is lost meanwhile
+        try:
+            call.ws.transport.abort()
+            call.connect_to = ws_base(a)
+            step = await call.follow_action()  # within B's lease: its entry is still there
+            assert step is not None and "<Stream" in step.twiml, step
+            async with SimulatedCall.stream_again(call, step.twiml) as again:
+                await echoed(again, bytes(range(160, 256)) + bytes(range(64)), 5 * MS)
+                resumed = agent.sessions[-1]
+                assert resumed.resumed and resumed.session_id == session_id
+                b.thaw()  # B wakes, finds its Twilio stream gone and tears the call down
+                await b.wait_for_log(r"call ended: Twilio stream failed", timeout=10 * MS)
+                assert a.proc is not None
+                for _ in range(2):  # at once (B logs the end after its teardown), and once
+                    entry = await live_entry(redis_client, call.call_sid)  # B's renewal had
+                    assert entry is not None  # its turn too
+                    assert f":{a.proc.pid}:" in str(entry["instance"]), entry
+                    assert entry["restreams"] == 1
+                    await asyncio.sleep(LEASE)
+                slots = await redis_client.zrange("relay:slots:agent-sessions", 0, -1)
+                assert slots == [f"{call.call_sid}#1"]  # B gave back its own place only
+                assert not resumed.of_type("session.end")  # B did not end the moved session
+                await echoed(again, b"\x42" * 160, 5 * MS)  # the call goes on, on A
+                await again.hang_up()
+                await again.wait_closed(5 * MS)
+        finally:
+            b.thaw()
+    await eventually(lambda: gone(redis_client, call.call_sid), 3 * MS)
+    assert await redis_client.zcard("relay:slots:agent-sessions") == 0
+    assert all(not s.violations for s in agent.sessions), [s.violations for s in agent.sessions]
 
 
 @pytest.mark.anyio

@@ -399,7 +399,7 @@ async def test_a_call_cut_by_the_server_shutting_down_is_recorded_as_shut_down(
     assert record["end_reason"] == "the server is shutting down"
 
 
-async def test_a_twilio_stream_dropped_without_a_close_is_a_stream_failure(
+async def test_a_twilio_stream_dropped_without_a_close_is_a_lost_stream_not_a_hang_up(
         make_relay, tmp_path: Path) -> None:
     async with relay_with(None, make_relay, tmp_path) as (agent, relay):
         _, before = await scrape(relay)
@@ -410,8 +410,9 @@ async def test_a_twilio_stream_dropped_without_a_close_is_a_stream_failure(
             await asyncio.wait_for(session.closed.wait(), 5 * MS)
         (record,) = await wait_for_records(tmp_path / "calls", 1)
         _, after = await scrape(relay)
-    assert record["outcome"] == "stream_failed"  # not a hang-up: the caller may still be there
-    assert moved(before, after, "relay_calls_total", outcome="stream_failed") == 1
+    # Not a hang-up: the caller may still be there, and the session is kept for a re-stream.
+    assert record["outcome"] == "stream_lost"
+    assert moved(before, after, "relay_calls_total", outcome="stream_lost") == 1
     assert moved(before, after, "relay_calls_total", outcome="caller_hung_up") == 0
 
 
