@@ -64,12 +64,16 @@ class SharedState:
         bus_client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout,
                                              health_check_interval=30)
         bus = RedisBus(bus_client, timeout=timeout)
+        # The limiter's connections come from a pool of ours (a documented option of its
+        # storage), so that they are closed with the others: the storage has no close.
+        limiter_pool = aioredis.ConnectionPool.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout)
         limiter = RedisStorage("async+" + url, implementation="redispy", wrap_exceptions=True,
-                               socket_timeout=timeout, socket_connect_timeout=timeout)
+                               connection_pool=limiter_pool)
         directory = CallDirectory(guarded, bus, lease=settings.call_lease)
         return cls(guarded, bus, directory, shared=True, limiter_storage=limiter,
                    errors=guarded, timeout=timeout,
-                   _closers=[redis_store.aclose, bus_client.aclose])
+                   _closers=[redis_store.aclose, bus_client.aclose, limiter_pool.aclose])
 
     async def limited(self, hit: Callable[[], Awaitable[bool]]) -> bool:
         """One hit of the caller rate limiter: its answer, or True (allowed) when its Redis

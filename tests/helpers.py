@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from relay.bus import RedisBus
+from relay.call_directory import HANGUP_CHANNEL, CallDirectory
 from relay.local.caller import SimulatedCall, new_sid
 from relay.record_log import read_records
 from relay.security import twilio_signature
@@ -191,3 +193,18 @@ async def echoed(call: SimulatedCall, payload: bytes, timeout: float) -> float:
                 if any(m["media"]["payload"] == encoded for m in found[seen:]):
                     break
     return time.monotonic() - started
+
+
+async def listeners(directory: CallDirectory) -> int:
+    """How many instances listen for hang-ups (Redis's count of the channel's subscribers)."""
+    assert isinstance(directory.bus, RedisBus)
+    counts = await directory.bus.client.pubsub_numsub("relay:" + HANGUP_CHANNEL)
+    return int(counts[0][1])
+
+
+async def subscribed(directory: CallDirectory, count: int, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        for _ in itertools.count():
+            if await listeners(directory) >= count:
+                return
+            await asyncio.sleep(0.01)

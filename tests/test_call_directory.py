@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -13,11 +12,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from relay.bus import MemoryBus, RedisBus
-from relay.call_directory import HANGUP_CHANNEL, CallDirectory, HangUp, LiveEntry
+from relay.call_directory import CallDirectory, HangUp, LiveEntry
 from relay.fail_open import FailOpenStore
 from relay.redis_store import RedisStore
 from relay.store import MemoryStore
 from tests.conftest import MS
+from tests.helpers import subscribed
 from tests.redis_server import RedisServer
 
 TIMEOUT = 0.25 * MS
@@ -66,21 +66,6 @@ class HangUps:
             while call_sid not in self.calls:
                 self._changed.clear()
                 await self._changed.wait()
-
-
-async def listeners(directory: CallDirectory) -> int:
-    """How many instances listen for hang-ups (Redis's count of the channel's subscribers)."""
-    assert isinstance(directory.bus, RedisBus)
-    counts = await directory.bus.client.pubsub_numsub("relay:" + HANGUP_CHANNEL)
-    return int(counts[0][1])
-
-
-async def subscribed(directory: CallDirectory, count: int, timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        for _ in itertools.count():
-            if await listeners(directory) >= count:
-                return
-            await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager

@@ -11,11 +11,17 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import redis.asyncio as aioredis
+from limits import parse
+from limits.aio.strategies import MovingWindowRateLimiter
 
 from relay.errors import StoreUnavailable
 from relay.fail_open import FailOpenStore
 from relay.redis_store import RedisStore
+from relay.shared_state import SharedState
+from tests import conftest
 from tests.conftest import MS
+from tests.helpers import subscribed
 from tests.redis_server import RedisServer
 
 TIMEOUT = 0.25 * MS
@@ -141,3 +147,26 @@ async def test_a_redis_that_does_not_answer_costs_one_timeout(
     clock.now += 1.0
     assert await store.acquire("agent", "CA2", limit=1, ttl=60) is False  # CA1 still holds it
     assert store.available
+
+
+@pytest.mark.anyio
+async def test_the_shared_state_closes_every_redis_connection_it_opened(
+        redis_server: RedisServer) -> None:
+    watcher = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        async def others() -> int:  # connections to Redis besides the watcher's own
+            return len(await watcher.client_list()) - 1
+
+        assert await others() == 0
+        shared = SharedState.from_settings(conftest.test_settings(0, "ws://127.0.0.1:9",
+                                                         redis_url=redis_server.url))
+        limiter = MovingWindowRateLimiter(shared.limiter_storage)
+        async with shared.running():
+            assert await shared.limited(
+                lambda: limiter.hit(parse("5/minute"), "caller", "digest"))
+            await shared.store.put("k", "v", ttl=10)
+            await subscribed(shared.directory, 1, 5 * MS)  # the bus listens too
+            assert await others() >= 3  # the store's, the bus's and the limiter's
+        assert await others() == 0
+    finally:
+        await watcher.aclose()
