@@ -69,7 +69,7 @@ class SharedState:
         limiter_pool = aioredis.ConnectionPool.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout)
         limiter = RedisStorage("async+" + url, implementation="redispy", wrap_exceptions=True,
-                               connection_pool=limiter_pool)
+                               connection_pool=limiter_pool)  # type: ignore[arg-type]
         directory = CallDirectory(guarded, bus, lease=settings.call_lease)
         return cls(guarded, bus, directory, shared=True, limiter_storage=limiter,
                    errors=guarded, timeout=timeout,
