@@ -414,7 +414,8 @@ class CallBridge:
         """``ended``, or ``stream_lost`` when the call's next stream will want its session."""
         info = self.protocol.info
         stream_open = self._twilio.client_state is WebSocketState.CONNECTED
-        if (self._listed and info is not None
+        # Only Twilio requests the <Connect action> that streams a call again.
+        if (self._listed and info is not None and self._purpose == "twilio"
                 and keeps_session(ended.outcome, stream_open=stream_open,
                                   session_id=self.protocol.session_id,
                                   parameters=info.parameters)):

@@ -49,6 +49,8 @@ async def test_a_lost_stream_is_streamed_again_and_resumes_the_same_session(
 
             step = await call.follow_action()
             assert step is not None and "<Stream" in step.twiml, step
+            assert step.streams == call.stream.url and not step.hangs_up
+            assert step.describe() == f"Twilio streams the call again to {call.stream.url}"
             async with SimulatedCall.stream_again(call, step.twiml) as again:
                 assert again.stream.parameters["restream"] == "1"
                 assert again.stream.parameters["token"] != call.stream.parameters["token"]

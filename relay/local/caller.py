@@ -20,7 +20,7 @@ import secrets
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -71,8 +71,11 @@ class NextStep:
     hangs_up: bool = False
     twiml: str = ""
     ms: float = 0.0  # from the stream's start to the action's answer
+    streams: str | None = None  # the URL of a new <Connect><Stream> for the same call
 
     def describe(self) -> str:
+        if self.streams:
+            return f"Twilio streams the call again to {self.streams}"
         parts = [f"Twilio says {text!r}" for text in self.says]
         if self.dials:
             parts.append(f"dials {self.dials}")
@@ -87,6 +90,9 @@ def parse_next(twiml: str) -> NextStep:
     says: list[str] = []
     dials: str | None = None
     for node in root:
+        stream = node.find("./Stream") if node.tag == "Connect" else None
+        if stream is not None:  # the call goes on in a new stream: nothing else plays
+            return NextStep(tuple(says), dials, False, twiml, streams=stream.get("url"))
         if node.tag == "Say":
             says.append((node.text or "").strip())
         elif node.tag == "Dial" and dials is None:
@@ -260,8 +266,7 @@ class SimulatedCall:
             response = await http.post(target, data=params, headers=headers)
         response.raise_for_status()
         step = parse_next(response.text)
-        return NextStep(step.says, step.dials, step.hangs_up, step.twiml,
-                        (time.monotonic() - self.started_at) * 1000)
+        return replace(step, ms=(time.monotonic() - self.started_at) * 1000)
 
     # ------------------------------------------------------------------ receiving
 
