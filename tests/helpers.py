@@ -25,6 +25,7 @@ from relay.call_directory import HANGUP_CHANNEL, CallDirectory
 from relay.local.caller import SimulatedCall, new_sid
 from relay.record_log import read_records
 from relay.security import twilio_signature
+from relay.store import MemoryStore
 from relay.tools import tool
 from tests.fakes import AgentSession
 
@@ -208,3 +209,18 @@ async def subscribed(directory: CallDirectory, count: int, timeout: float) -> No
             if await listeners(directory) >= count:
                 return
             await asyncio.sleep(0.01)
+
+
+class GatedStore(MemoryStore):
+    """A store whose slot writes can be held at a gate: a slow store, in memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+        self.at_gate = asyncio.Event()
+
+    async def acquire(self, pool: str, holder: str, *, limit: int, ttl: float) -> bool:
+        if self.gate is not None:
+            self.at_gate.set()
+            await self.gate.wait()
+        return await super().acquire(pool, holder, limit=limit, ttl=ttl)

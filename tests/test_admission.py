@@ -12,11 +12,14 @@ import pytest
 from websockets.asyncio.client import connect
 
 from relay.admission import (
+    AGENT_SESSIONS,
     DRAINING,
     MAX_CALLS,
     RATE_LIMITED,
+    Admission,
     Refusal,
     load_refusal,
+    places_name,
     refusal_twiml,
     token_id,
 )
@@ -25,10 +28,11 @@ from relay.errors import ConfigError
 from relay.local.caller import SimulatedCall, new_sid
 from relay.outcomes import Outcome
 from relay.redis_store import RedisStore
-from relay.security import twilio_signature
+from relay.security import StreamTokens, twilio_signature
+from tests import conftest
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import FakeAgent
-from tests.helpers import parse, post_twiml, refused
+from tests.helpers import GatedStore, parse, post_twiml, refused
 
 FALLBACK = "+15550009999"
 
@@ -62,6 +66,37 @@ def test_the_store_keeps_a_digest_of_a_used_token_never_the_token() -> None:
     token = "1700000000.abcdefghijklmnopqrstuvwxyz012345"
     assert token_id(token) == token_id(token) and token not in token_id(token)
     assert token_id(token) != token_id(token + "x")
+
+
+def test_each_stream_of_a_call_has_places_of_its_own() -> None:
+    assert places_name("CA1", 0, set()) == "CA1"  # the first renews those /twiml took
+    assert places_name("CA1", 1, {"CA1"}) == "CA1#1"
+    assert places_name("CA1", 1, set()) == "CA1#1"  # a re-stream, whoever held the first
+    assert places_name("CA1", 0, {"CA1"}) == "CA1#0"  # a second webhook's stream
+    assert places_name("CA1", 1, {"CA1", "CA1#1"}) == "CA1#1.2"
+
+
+@pytest.mark.anyio
+async def test_a_renewal_in_flight_never_outlives_the_stream_that_ended() -> None:
+    settings = conftest.test_settings(0, "ws://127.0.0.1:9", agent_max_sessions=2)
+    store = GatedStore()
+    admission = Admission(settings, store)
+    tokens = StreamTokens("secret")
+    first = await admission.open_stream("CA1", tokens.mint("CA1", now=time.time(), ttl=60))
+    again = await admission.open_stream("CA1", tokens.mint("CA1", now=time.time(), ttl=61), 1)
+    assert (first, again) == ("CA1", "CA1#1")
+    assert sorted(await store.holders(AGENT_SESSIONS)) == ["CA1", "CA1#1"]
+    store.gate = gate = asyncio.Event()
+    renewal = asyncio.create_task(admission.renew("CA1", 15))
+    await asyncio.wait_for(store.at_gate.wait(), 2)  # renewing one of the two
+    await admission.close_stream("CA1")  # the replaced stream ends meanwhile
+    await admission.close_stream("CA1#1")
+    store.gate = None
+    gate.set()
+    await asyncio.wait_for(renewal, 2)
+    assert await store.holders(AGENT_SESSIONS) == []
+    assert await admission.open_stream("CA1", tokens.mint("CA1", now=time.time(), ttl=62)) \
+        == "CA1"  # nothing of the call is left open here
 
 
 def test_admission_settings_are_read_and_checked() -> None:

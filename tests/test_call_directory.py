@@ -17,7 +17,7 @@ from relay.fail_open import FailOpenStore
 from relay.redis_store import RedisStore
 from relay.store import MemoryStore
 from tests.conftest import MS
-from tests.helpers import subscribed
+from tests.helpers import GatedStore, subscribed
 from tests.redis_server import RedisServer
 
 TIMEOUT = 0.25 * MS
@@ -200,21 +200,6 @@ async def test_a_kept_entry_outlives_its_stream_for_one_lease(
     assert found is not None and found.session_id == "sess_1"
     await asyncio.sleep(lease * 1.2)  # nobody renews it
     assert await b.find("CA1") is None and await b.all() == []
-
-
-class GatedStore(MemoryStore):
-    """A store whose slot writes can be held at a gate: a slow store, in memory."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate: asyncio.Event | None = None
-        self.at_gate = asyncio.Event()
-
-    async def acquire(self, pool: str, holder: str, *, limit: int, ttl: float) -> bool:
-        if self.gate is not None:
-            self.at_gate.set()
-            await self.gate.wait()
-        return await super().acquire(pool, holder, limit=limit, ttl=ttl)
 
 
 @pytest.mark.anyio
