@@ -93,7 +93,6 @@ _STREAM_FAILURES = {
     1009: ("Twilio stream failed: a message over the size limit", Outcome.STREAM_FAILED),
     1012: ("the server is shutting down", Outcome.SHUT_DOWN),
 }
-# Admits a stream by (CallSid, verified token): False when the token already opened one.
 # Admits a stream (CallSid, token, re-stream number): the name of its places, or None.
 StreamOpener = Callable[[str, str, int], Awaitable[str | None]]
 # What the call's recorder keeps but observers (the simulator, the softphone) are not sent.
