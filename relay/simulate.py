@@ -11,9 +11,12 @@ The caller plays a WAV file (any PCM rate or channel count; converted to μ-law 
 built-in voice-like sound, presses keys when told, and hangs up once its audio is over and the
 agent has gone quiet. When the relay ends the stream, the simulator requests the ``<Connect
 action>`` URL as Twilio would and shows what the caller hears next (the fallback's words, a dial
-to a number, a hang-up). The timeline counts milliseconds from the moment the webhook was posted;
-the recording of what the caller heard starts when the stream started. It works against any
-relay: pass a deployed server's ``PUBLIC_URL`` and its ``TWILIO_AUTH_TOKEN``.
+to a number, a hang-up); when that is a new stream of the same call (the relay lost the first
+one), the simulator opens it as Twilio does and the caller goes on where its audio was, so the
+timeline shows the gap a caller hears when an instance dies mid-call. The timeline counts
+milliseconds from the moment the webhook was posted; the recording of what the caller heard
+starts when the stream started. It works against any relay: pass a deployed server's
+``PUBLIC_URL`` and its ``TWILIO_AUTH_TOKEN``.
 """
 
 from __future__ import annotations
@@ -250,6 +253,11 @@ class Listener:
         self.end_at: float | None = None
         self._seen = 0
 
+    def follow(self, call: SimulatedCall) -> None:
+        """The call goes on in a new stream: listen to it, on the same earpiece and clock."""
+        self.call, self._seen = call, 0
+        self.end_reason = self.end_at = None
+
     def poll(self) -> None:
         received = self.call.received
         while self._seen < len(received):
@@ -321,39 +329,34 @@ async def simulate(options: Options, *, out: Callable[[str], None] = print) -> R
         timeline.add(start, "stream", "stream started",
                      f"connected + start sent (call {call.call_sid})")
         listener = Listener(call, timeline, start)
+        posted_at = call.posted_at
         interrupted = False
-        try:
-            hung_up_by, reason = await _talk(call, listener, timeline, options, audio, start)
-        except asyncio.CancelledError:  # Ctrl-C: hang up, keep the recording, then stop
-            interrupted = True
-            hung_up_by, reason = "caller", "interrupted"
-        ended = time.monotonic()
-        if hung_up_by == "caller":
-            with contextlib.suppress(ConnectionClosed):
-                await call.hang_up()
-        with contextlib.suppress(TimeoutError):
-            await call.wait_closed(CLOSE_WAIT)
-        listener.poll()
-        code = call.close_code
-        error = None
-        if hung_up_by == "relay":
-            ended = listener.end_at or ended
-            reason = listener.end_reason or "it gave no reason (see its log)"
-            if code != 1000:
-                error = f"the relay closed the stream with code {code}: {reason}"
-            reason = f"{reason} (close code {code})"
-        timeline.add(ended, "hang-up", "stream ended" if call.stream.action else "hang-up",
-                     f"by the {hung_up_by}: {reason}")
-        next_step = None
-        if hung_up_by == "relay" and call.stream.action:
+        sent = 0  # frames of the caller's audio sent, over every stream of the call
+        while True:
             try:
-                next_step = await call.follow_action()
-            except (httpx.HTTPError, ET.ParseError) as exc:
-                timeline.add(time.monotonic(), "action", "action failed",
-                             f"{call.stream.action}: {type(exc).__name__}: {exc}")
-            if next_step is not None:
-                timeline.add(call.started_at + next_step.ms / 1000, "action", "caller hears next",
-                             next_step.describe())
+                hung_up_by, reason, sent = await _talk(call, listener, timeline, options,
+                                                       audio, sent)
+            except asyncio.CancelledError:  # Ctrl-C: hang up, keep the recording, then stop
+                interrupted = True
+                hung_up_by, reason = "caller", "interrupted"
+            ended, code, reason, error = await _stream_ended(call, listener, hung_up_by,
+                                                             reason)
+            timeline.add(ended, "hang-up", "stream ended" if call.stream.action else "hang-up",
+                         f"by the {hung_up_by}: {reason}")
+            next_step = None
+            if hung_up_by == "relay" and call.stream.action:
+                next_step = await _next_step(call, timeline)
+            if next_step is None or not next_step.streams:
+                break
+            try:  # the same call in a new stream, as Twilio opens it
+                call = await stack.enter_async_context(
+                    SimulatedCall.stream_again(call, next_step.twiml))
+            except Exception as exc:
+                raise SimulationError(_describe_failure(exc, url, options)) from None
+            listener.follow(call)
+            timeline.add(call.started_at, "stream", "stream again",
+                         f"restream {call.stream.parameters.get('restream', '?')}: connected "
+                         "+ start sent; the caller's audio goes on")
         timeline.flush()
         ear = listener.earpiece
         heard = ear.hang_up(ended - start)
@@ -366,22 +369,60 @@ async def simulate(options: Options, *, out: Callable[[str], None] = print) -> R
             received=bytes(ear.received), heard_seconds=ear.heard_seconds,
             cleared_seconds=ear.cleared / RATE, marks=listener.marks, recording=options.record,
             next_step=next_step)
-    _summary(result, ended - call.posted_at, len(audio) / RATE, out)
+    _summary(result, ended - posted_at, len(audio) / RATE, out)
     if interrupted:
         raise asyncio.CancelledError
     return result
 
 
+async def _stream_ended(call: SimulatedCall, listener: Listener, hung_up_by: str,
+                        reason: str) -> tuple[float, int | None, str, str | None]:
+    """Close the stream (the caller hangs up) or see why the relay did: (when, close code,
+    reason, error)."""
+    ended = time.monotonic()
+    if hung_up_by == "caller":
+        with contextlib.suppress(ConnectionClosed):
+            await call.hang_up()
+    with contextlib.suppress(TimeoutError):
+        await call.wait_closed(CLOSE_WAIT)
+    listener.poll()
+    code = call.close_code
+    error = None
+    if hung_up_by == "relay":
+        ended = listener.end_at or ended
+        reason = listener.end_reason or "it gave no reason (see its log)"
+        if code != 1000:
+            error = f"the relay closed the stream with code {code}: {reason}"
+        reason = f"{reason} (close code {code})"
+    return ended, code, reason, error
+
+
+async def _next_step(call: SimulatedCall, timeline: Timeline) -> NextStep | None:
+    """Request the ``<Connect action>`` as Twilio does; what the caller hears next."""
+    try:
+        step = await call.follow_action()
+    except (httpx.HTTPError, ET.ParseError) as exc:
+        timeline.add(time.monotonic(), "action", "action failed",
+                     f"{call.stream.action}: {type(exc).__name__}: {exc}")
+        return None
+    if step is not None:
+        timeline.add(call.started_at + step.ms / 1000, "action", "caller hears next",
+                     step.describe())
+    return step
+
+
 async def _talk(call: SimulatedCall, listener: Listener, timeline: Timeline, options: Options,
-                audio: bytes, start: float) -> tuple[str, str]:
-    """Send the caller's audio and keys in real time until someone hangs up: (who, why)."""
-    keys = sorted(options.dtmf)
+                audio: bytes, first: int = 0) -> tuple[str, str, int]:
+    """Send the caller's audio and keys in real time, from frame ``first``, until someone
+    hangs up: (who, why, the frames sent so far)."""
+    keys = [key for key in sorted(options.dtmf) if key[0] >= first * FRAME_SECONDS]
     frames = -(-len(audio) // FRAME_BYTES)
     last_key = keys[-1][0] if keys else 0.0
     limit = options.duration
     if limit is None:
         limit = max(frames * FRAME_SECONDS, last_key) + SAFETY_LIMIT
-    i = 0
+    i = first
+    start = time.monotonic() - first * FRAME_SECONDS  # paced from now, not from the first stream
     try:
         while True:
             await asyncio.sleep(max(0.0, start + i * FRAME_SECONDS - time.monotonic()))
@@ -389,7 +430,7 @@ async def _talk(call: SimulatedCall, listener: Listener, timeline: Timeline, opt
             listener.poll()
             timeline.flush(now)
             if call.closed.is_set():
-                return "relay", ""
+                return "relay", "", i
             t = i * FRAME_SECONDS
             while keys and keys[0][0] <= t:
                 key = keys.pop(0)[1]
@@ -401,16 +442,17 @@ async def _talk(call: SimulatedCall, listener: Listener, timeline: Timeline, opt
                              f"{len(audio) / RATE:.2f} s played")
             if t >= limit:
                 why = "--duration" if options.duration is not None else "safety limit"
-                return "caller", f"{why} reached ({limit:g} s)"
+                return "caller", f"{why} reached ({limit:g} s)", i
             if i >= frames and not keys and listener.quiet_for(now) >= options.tail:
-                return "caller", f"its audio is over and the agent was quiet for {options.tail:g} s"
+                return ("caller", f"its audio is over and the agent was quiet for "
+                        f"{options.tail:g} s", i)
             chunk = audio[i * FRAME_BYTES:(i + 1) * FRAME_BYTES]
             chunk += bytes([SILENCE_BYTE]) * (FRAME_BYTES - len(chunk))
             await call.send_media(base64.b64encode(chunk).decode())
             listener.frames_sent += 1
             i += 1
     except ConnectionClosed:
-        return "relay", ""
+        return "relay", "", i
 
 
 def _summary(result: Result, seconds: float, audio_seconds: float,

@@ -224,3 +224,53 @@ class GatedStore(MemoryStore):
             self.at_gate.set()
             await self.gate.wait()
         return await super().acquire(pool, holder, limit=limit, ttl=ttl)
+
+
+class NetworkPath:
+    """A TCP path to a local server that a test can cut as the network would: every
+    connection through it is dropped at once, both ways, with no close from either end's
+    protocol. New connections pass again right after."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+        self._pumps: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> NetworkPath:
+        self._server = await asyncio.start_server(self._connect, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut()
+        for task in list(self._pumps):
+            task.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def cut(self) -> None:
+        for writer in list(self._open):
+            writer.transport.abort()
+        self._open.clear()
+
+    async def _connect(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._open |= {down_w, up_w}
+        for r, w in ((down_r, up_w), (up_r, down_w)):
+            task = asyncio.create_task(self._pump(r, w))
+            self._pumps.add(task)
+            task.add_done_callback(self._pumps.discard)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        if writer in self._open:  # the other end closed properly: pass that on
+            self._open.discard(writer)
+            with contextlib.suppress(OSError):
+                writer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 from array import array
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from relay.simulate import (
 from relay.tools import Registry
 from tests.conftest import AUTH_TOKEN, RunningRelay, run_relay
 from tests.conftest import test_settings as settings_for
+from tests.helpers import NetworkPath
 from tools.clock import current_time
 
 WAIT, SPEECH, AFTER = 1.0, 0.8, 1.0  # the caller: greeting, a short turn, time for the echo
@@ -98,6 +100,33 @@ async def test_a_call_records_the_greeting_and_the_echo(tmp_path: Path) -> None:
     echo = loud_seconds(samples, WAIT + SPEECH, len(samples) / RATE)
     assert abs(echo - SPEECH) <= 0.1, f"the echo lasts {echo:.2f} s, the caller spoke {SPEECH} s"
     assert abs(result.heard_seconds - (0.85 + SPEECH + 0.2)) < 0.1  # chime + echo with margins
+
+
+@pytest.mark.anyio
+async def test_a_stream_lost_mid_call_is_followed_into_its_new_stream() -> None:
+    wait, cut_at = 2.5, 0.9  # the stream is cut after the greeting, before the caller speaks
+    speech = speech_like(round(SPEECH * 1000))
+    lines: list[str] = []
+    async with local_relay() as relay, NetworkPath(relay.settings.port) as path:
+        async def cut() -> None:
+            await asyncio.sleep(cut_at)
+            path.cut()
+
+        cutting = asyncio.create_task(cut())
+        result = await call(relay, lines, audio=default_caller(wait, SPEECH, AFTER),
+                            connect_to=f"ws://127.0.0.1:{path.port}")
+        await cutting
+    assert result.ok and result.hung_up_by == "caller", "\n".join(lines)
+    kinds = result.kinds()
+    assert kinds.count("stream") == 2, "\n".join(lines)
+    (restreamed,) = [line for line in lines if "stream again" in line]
+    assert "restream 1" in restreamed
+    assert any("caller hears next" in line and "streams the call again" in line
+               for line in lines), lines
+    # The local agent keeps no sessions: the new stream's fresh session hears the caller,
+    # and the echo comes back byte for byte through the new stream.
+    assert speech in result.received
+    assert result.sent_seconds >= wait + SPEECH + AFTER - 0.1
 
 
 @pytest.mark.anyio
