@@ -10,6 +10,7 @@ simulated Twilio caller, whose connection is cut as the network would cut it.
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ async def test_a_lost_stream_is_streamed_again_and_resumes_the_same_session(
             first = agent.sessions[0]
             assert first.session_id is not None
             lose(call)
+            lost = time.monotonic()
             await asyncio.wait_for(first.closed.wait(), 5 * MS)
             assert ended_sessions(agent) == []  # closed for a resume, not ended
 
@@ -55,6 +57,7 @@ async def test_a_lost_stream_is_streamed_again_and_resumes_the_same_session(
                 assert again.stream.parameters["restream"] == "1"
                 assert again.stream.parameters["token"] != call.stream.parameters["token"]
                 await echoed(again, bytes(range(96, 256)), 5 * MS)
+                gap = time.monotonic() - lost
                 resumed = agent.sessions[-1]
                 assert resumed.resumed and resumed.session_id == first.session_id
                 assert resumed.received[0] == {"type": "session.resume",
@@ -62,6 +65,9 @@ async def test_a_lost_stream_is_streamed_again_and_resumes_the_same_session(
                 await again.hang_up()
                 assert await again.wait_closed(5 * MS) is not None
             await eventually(lambda: len(read_records(tmp_path / "calls")) >= 2, 5 * MS)
+    print(f"\ncaller's gap after a lost stream: {gap * 1000:.0f} ms (the drop to the agent's "
+          "audio again, the action request and the new stream included)")
+    assert gap < 3.0 * MS
     records = read_records(tmp_path / "calls")
     assert sorted(r["outcome"] for r in records) == ["caller_hung_up", "stream_lost"]
     assert {r["call_sid"] for r in records} == {call.call_sid}
