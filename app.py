@@ -94,16 +94,26 @@ def main() -> int:
         if settings.workers > 1:
             load_registry(settings)  # a broken tool stops the parent, not each worker in turn
             return serve_workers(settings)
-        app = build(settings)
-        config = serving.config(app, host=settings.host, port=settings.port,
-                                log_level=settings.log_level.lower())
-        server = DrainingServer(config, app.state.relay, drain_times(settings))
+        server = draining_server(settings)
     except (ConfigError, ToolError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
     server.run()
     # 0 after a drain (SIGTERM, Ctrl-C); 1 when start-up failed or a second signal cut it short
     return 0 if server.started and not server.forced else 1
+
+
+def draining_server(settings: Settings) -> DrainingServer:
+    """The app for ``settings``, served with the relay's protocol and its drain on SIGTERM."""
+    app = build(settings)
+    config = serving.config(app, host=settings.host, port=settings.port,
+                            log_level=settings.log_level.lower())
+    return DrainingServer(config, app.state.relay, drain_times(settings))
+
+
+def worker_server() -> DrainingServer:
+    """A worker's server, configured from the environment (``relay.workers`` calls it)."""
+    return draining_server(load_settings())
 
 
 def drain_times(settings: Settings) -> DrainTimes:
@@ -120,7 +130,7 @@ def serve_workers(settings: Settings) -> int:
         log.warning("WORKERS=%d without REDIS_URL: each worker process counts its own limits "
                     "and single-use tokens, keeps its own call outcomes for the <Connect "
                     "action> and lists only its own calls", settings.workers)
-    return workers.serve(settings, "app:create_app")
+    return workers.serve(settings, "app:worker_server")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ The map, in the order a call meets it::
     relay/
       config.py            every setting, read once from the environment
       serving.py           how the app is served: uvicorn's WebSocket protocol, tuned for streams
-      workers.py           ``WORKERS``: several processes on one socket (uvicorn's supervisor)
+      workers.py           ``WORKERS``: several draining processes on one socket
+      worker_metrics.py    metrics summed over the workers (prometheus-client's multiprocess mode)
       routes.py            HTTP and WebSocket routes, the lifespan, one error boundary per call
       admission.py         which calls /twiml takes (rate limit, draining, lag, caps) and which
                            stream each single-use token opens

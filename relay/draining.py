@@ -161,9 +161,14 @@ class DrainingServer(uvicorn.Server):
         self._drain_requested = False
         self._drain: asyncio.Task[None] | None = None
         self.forced = False
+        # Signals left to someone else: a worker's parent turns Ctrl-C (SIGINT, sent to the
+        # whole process group) into one SIGTERM per worker (relay.workers).
+        self.ignored_signals: frozenset[int] = frozenset()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # A signal handler: set flags only; the loop's next tick acts on them.
+        if sig in self.ignored_signals:
+            return
         if not self._drain_requested and not self.should_exit:
             self._drain_requested = True
             return

@@ -10,13 +10,19 @@ Two kinds of numbers, kept apart because the audio path must not pay for metrics
   Nothing is called per frame: ``_LiveCollector`` adds them up over the live calls when
   Prometheus scrapes, plus a running total of the calls already finished.
 
+With several workers (``WORKERS``), ``multiprocess_dir`` names prometheus-client's
+multiprocess directory: the counters and histograms live in files there, the scrape-time
+figures are copied there by ``relay.worker_metrics`` (at most ``PUBLISH_INTERVAL`` old), and
+the exposition is the merge of every worker's files.
+
 Names follow Prometheus conventions (base units, ``_total`` counters); no label ever holds a
 CallSid or a phone number: outcomes, tool names and error codes come from fixed or bounded sets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
+import contextlib
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from typing import Protocol
 
 from prometheus_client import (
@@ -32,6 +38,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from relay.outcomes import Outcome
+from relay.worker_metrics import Publisher
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Voice-to-voice budgets are 500–800 ms: fine buckets there, coarse ones around them.
@@ -62,12 +69,17 @@ class Metrics:
 
     ``live`` gives the calls in progress and ``agent_sessions`` the number of agent sockets
     open (counted apart from the calls, so a socket left open after its call shows).
+    ``registry`` holds what is read at scrape time; others may add collectors to it.
     """
 
     def __init__(self, live: Callable[[], Collection[LiveCall]],
-                 agent_sessions: Callable[[], int], *, process_collectors: bool = True) -> None:
+                 agent_sessions: Callable[[], int], *, process_collectors: bool = True,
+                 multiprocess_dir: str | None = None) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: noise
-        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry(auto_describe=True)
+        # Several workers: the metric objects' files are merged, the registry is copied
+        # (relay.worker_metrics), so the objects stay out of it (they would be counted twice).
+        registry = self.registry if multiprocess_dir is None else None
         self.calls = Counter("relay_calls", "Calls ended, by how they ended.", ["outcome"],
                              registry=registry)
         for outcome in Outcome:  # every outcome is present from the start, at 0
@@ -98,11 +110,13 @@ class Metrics:
                                       ["tool"], buckets=TOOL_BUCKETS, registry=registry)
         self._finished = _Totals()
         self._error_codes: set[str] = set()
-        registry.register(_LiveCollector(live, agent_sessions, self._finished))
-        if process_collectors:
-            ProcessCollector(registry=registry)
-            PlatformCollector(registry=registry)
-            GCCollector(registry=registry)
+        self.registry.register(_LiveCollector(live, agent_sessions, self._finished))
+        self.publisher = (Publisher(self.registry, multiprocess_dir)
+                          if multiprocess_dir is not None else None)
+        if process_collectors and self.publisher is None:  # one process's: they do not add up
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
 
     # ------------------------------------------------------------------ for others to call
 
@@ -111,6 +125,8 @@ class Metrics:
         self.calls.labels(outcome.value).inc()
         if counters is not None:
             self._finished.add(counters)
+        if self.publisher is not None:  # the other workers see the call end at once
+            self.publisher.publish()
 
     def refused(self, outcome: Outcome) -> None:
         """Count a call refused before it reached the agent (busy, rate limited, forged)."""
@@ -133,7 +149,18 @@ class Metrics:
         self.tool_seconds.labels(tool).observe(seconds)
 
     def exposition(self) -> bytes:
+        if self.publisher is not None:
+            return self.publisher.exposition()
         return generate_latest(self.registry)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """With several workers, copies the scrape-time figures while the app runs."""
+        if self.publisher is None:
+            yield
+            return
+        async with self.publisher.running():
+            yield
 
 
 class _Totals:

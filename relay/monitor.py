@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from relay import worker_metrics
 from relay.call_record import CallRecorder
 from relay.metrics import FrameCounts, Metrics
 from relay.outcomes import Outcome
@@ -149,7 +150,8 @@ class Monitor:
         self._tool_names = tool_names
         self._live: dict[str, CallWatch] = {}
         self._agent_sessions = 0
-        self.metrics = Metrics(self._live.values, lambda: self._agent_sessions)
+        self.metrics = Metrics(self._live.values, lambda: self._agent_sessions,
+                               multiprocess_dir=worker_metrics.directory())
         self.records = RecordLog(call_log_dir) if call_log_dir else None
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._changed = asyncio.Event()
@@ -164,7 +166,7 @@ class Monitor:
                 await asyncio.to_thread(records.repair)
             recent = await asyncio.to_thread(read_records, records.directory, limit=RECENT)
             self._recent.extend(recent)
-        async with asyncio.TaskGroup() as tg:
+        async with self.metrics.running(), asyncio.TaskGroup() as tg:
             self._tg = tg
             try:
                 yield

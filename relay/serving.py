@@ -97,14 +97,20 @@ def check_uvicorn(base: type = WebSocketsSansIOProtocol) -> None:
     Raises:
         ConfigError: naming what is missing, the installed versions and the tested ones.
     """
-    missing = [name for name in BASE_METHODS if not callable(getattr(base, name, None))]
-    assigned = set(_assigned(base))
-    missing += [name for name in BASE_STATE if name not in assigned and not hasattr(base, name)]
+    missing = lacking(base, BASE_METHODS, BASE_STATE)
     if missing:
         raise ConfigError(
             f"relay.serving needs {', '.join(missing)} of uvicorn's {base.__name__}, which "
             f"uvicorn {version('uvicorn')} with websockets {version('websockets')} lacks; "
             f"it is tested with {TESTED}: pip install -e . installs those")
+
+
+def lacking(cls: type, methods: tuple[str, ...], state: tuple[str, ...]) -> list[str]:
+    """Which of ``methods`` and ``state`` ``cls`` lacks (see ``check_uvicorn``)."""
+    missing = [name for name in methods if not callable(getattr(cls, name, None))]
+    assigned = set(_assigned(cls))
+    missing += [name for name in state if name not in assigned and not hasattr(cls, name)]
+    return missing
 
 
 def _assigned(cls: type) -> Iterator[str]:
