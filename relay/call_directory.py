@@ -10,12 +10,13 @@ what another instance needs to take the call over when its holder died mid-call:
 has already been streamed again.
 
 Each entry names its ``holder``, the stream that wrote it: a call streamed again (after a lost
-stream, or on another instance) gets a new holder, and the stream it replaced, when it ends,
-takes back only its own entry (``Store.delete_if``), never the new one, whichever instance each
-is on. A stream lost with its agent session live may leave its entry (``keep``): it outlives
-the stream by up to ``lease`` seconds, for the ``<Connect action>`` to stream the call again.
-A renewal and the end of the same call never interleave (one lock), so a renewal cannot bring
-back the entry of a call that has just ended.
+stream, or on another instance) gets a new holder, and the stream it replaced renews, updates
+and takes back only its own entry (``Store.put_marked``, ``Store.delete_marked``: each entry's
+value starts with its holder), never the new one, whichever instance each is on. A stream
+lost with its agent session live may leave its entry (``keep``): it outlives the stream by up
+to ``lease`` seconds, for the ``<Connect action>`` to stream the call again. A renewal and the
+end of the same call never interleave (one lock), so a renewal cannot bring back the entry of
+a call that has just ended.
 
 Hanging up a call held elsewhere goes through the bus (``hangup`` channel): every instance
 listens, and the one holding the call hangs it up.
@@ -75,7 +76,13 @@ class LiveEntry:
     holder: str = ""  # the stream that wrote the entry (``new_holder``)
 
     def to_json(self) -> str:
-        return orjson.dumps(asdict(self)).decode()
+        # The holder first, so that the value starts with its stream's ``mark``.
+        return orjson.dumps({"holder": self.holder, **asdict(self)}).decode()
+
+    @property
+    def mark(self) -> str:
+        """How every value its stream writes starts (``Store.put_marked``)."""
+        return '{"holder":' + orjson.dumps(self.holder).decode() + ","
 
     @classmethod
     def from_json(cls, raw: str) -> LiveEntry | None:
@@ -138,9 +145,9 @@ class CallDirectory:
             entry = self._holds(call_sid, holder)
             if entry is None:
                 return
-            self._mine[call_sid] = new = replace(entry, **changes)
-            await self.store.put_over(KEY_PREFIX + call_sid, entry.to_json(), new.to_json(),
-                                      self.lease)
+            self._mine[call_sid] = entry = replace(entry, **changes)
+            await self.store.put_marked(KEY_PREFIX + call_sid, entry.mark, entry.to_json(),
+                                        self.lease)
 
     async def remove(self, call_sid: str, holder: str, *, keep: bool = False) -> None:
         """``holder``'s stream has ended here: its entry goes at once, or, with ``keep``, is
@@ -154,7 +161,7 @@ class CallDirectory:
             if keep:
                 return
             # Only if no other stream (here or elsewhere) has written the call's entry since.
-            if await self.store.delete_if(KEY_PREFIX + call_sid, entry.to_json()):
+            if await self.store.delete_marked(KEY_PREFIX + call_sid, entry.mark):
                 await self.store.release(POOL, call_sid)
 
     async def find(self, call_sid: str) -> LiveEntry | None:
@@ -203,7 +210,7 @@ class CallDirectory:
         if claim:
             await self.store.put(key, value, self.lease)
         else:
-            await self.store.put_over(key, value, value, self.lease)
+            await self.store.put_marked(key, entry.mark, value, self.lease)
         await self.store.acquire(POOL, entry.call_sid, limit=UNBOUNDED, ttl=self.lease)
 
     async def renew(self) -> None:

@@ -3,10 +3,10 @@
 The store holds limits and single-use checks; the phone line must not depend on it. When the
 wrapped store raises ``StoreUnavailable`` (Redis down, or slower than its timeout), every
 operation answers as if the check had passed: ``acquire`` and ``put_new`` return True, ``get``
-returns None, writes are dropped (``put_over`` says it set nothing), and ``delete_if`` forgets
-nothing (the key expires). The Twilio signature and the HMAC stream token still protect each
-call; what is lost for the outage is only what several instances share (a token used twice, a
-limit counted per instance).
+returns None, writes are dropped (``put_marked`` says it set nothing), and ``delete_marked``
+forgets nothing (the key expires). The Twilio signature and the HMAC stream token still
+protect each call; what is lost for the outage is only what several instances share (a token
+used twice, a limit counted per instance).
 
 One ERROR line marks the start of an outage and one INFO line its end, however many calls pass
 in between. After a failure the store is left alone for ``retry_after`` seconds, so calls
@@ -83,12 +83,12 @@ class FailOpenStore:
     async def delete(self, key: str) -> None:
         await self._call(lambda: self.inner.delete(key), None)
 
-    async def put_over(self, key: str, old: str, value: str, ttl: float) -> bool:
-        return await self._call(lambda: self.inner.put_over(key, old, value, ttl), False)
+    async def put_marked(self, key: str, mark: str, value: str, ttl: float) -> bool:
+        return await self._call(lambda: self.inner.put_marked(key, mark, value, ttl), False)
 
-    async def delete_if(self, key: str, value: str) -> bool:
+    async def delete_marked(self, key: str, mark: str) -> bool:
         # Unknown while unavailable: the key is left to its expiry.
-        return await self._call(lambda: self.inner.delete_if(key, value), False)
+        return await self._call(lambda: self.inner.delete_marked(key, mark), False)
 
     async def acquire(self, pool: str, holder: str, *, limit: int, ttl: float) -> bool:
         return await self._call(lambda: self.inner.acquire(pool, holder, limit=limit, ttl=ttl),

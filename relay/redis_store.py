@@ -45,20 +45,21 @@ end
 return 1
 """
 
-# KEYS[1]: the value's key; ARGV: the value it may still hold, the new value, ttl in ms.
-# Returns 1 when set.
-_PUT_OVER = """
+# KEYS[1]: the value's key; ARGV: the writer's mark, the new value, ttl in ms. Sets the key
+# when it is unset or its value starts with the mark; returns 1 when set.
+_PUT_MARKED = """
 local v = redis.call('GET', KEYS[1])
-if v == false or v == ARGV[1] then
+if v == false or string.sub(v, 1, #ARGV[1]) == ARGV[1] then
     redis.call('SET', KEYS[1], ARGV[2], 'PX', tonumber(ARGV[3]))
     return 1
 end
 return 0
 """
 
-# KEYS[1]: the value's key; ARGV[1]: the value it must still hold. Returns 1 when deleted.
-_DELETE_IF = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+# KEYS[1]: the value's key; ARGV[1]: the writer's mark. Returns 1 when deleted.
+_DELETE_MARKED = """
+local v = redis.call('GET', KEYS[1])
+if v ~= false and string.sub(v, 1, #ARGV[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -89,8 +90,8 @@ class RedisStore:
         self.prefix = prefix
         self._acquire = client.register_script(_ACQUIRE)
         self._held = client.register_script(_HELD)
-        self._delete_if = client.register_script(_DELETE_IF)
-        self._put_over = client.register_script(_PUT_OVER)
+        self._put_marked = client.register_script(_PUT_MARKED)
+        self._delete_marked = client.register_script(_DELETE_MARKED)
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float, prefix: str = "relay:") -> RedisStore:
@@ -124,13 +125,13 @@ class RedisStore:
     async def delete(self, key: str) -> None:
         await self._run(self.client.delete(self._value(key)))
 
-    async def put_over(self, key: str, old: str, value: str, ttl: float) -> bool:
-        done = await self._run(self._put_over(keys=[self._value(key)],
-                                              args=[old, value, _ms(ttl)]))
+    async def put_marked(self, key: str, mark: str, value: str, ttl: float) -> bool:
+        done = await self._run(self._put_marked(keys=[self._value(key)],
+                                                args=[mark, value, _ms(ttl)]))
         return bool(done)
 
-    async def delete_if(self, key: str, value: str) -> bool:
-        deleted = await self._run(self._delete_if(keys=[self._value(key)], args=[value]))
+    async def delete_marked(self, key: str, mark: str) -> bool:
+        deleted = await self._run(self._delete_marked(keys=[self._value(key)], args=[mark]))
         return bool(deleted)
 
     def _value(self, key: str) -> str:

@@ -30,19 +30,18 @@ class Store(Protocol):
     async def delete(self, key: str) -> None:
         """Forget ``key`` (no error when it is unset)."""
 
-    async def put_over(self, key: str, old: str, value: str, ttl: float) -> bool:
-        """Set ``key`` to ``value`` for ``ttl`` seconds if it is unset or still holds ``old``
-        (compare and set); True when this call set it.
+    async def put_marked(self, key: str, mark: str, value: str, ttl: float) -> bool:
+        """Set ``key`` to ``value`` (which starts with ``mark``) for ``ttl`` seconds if it is
+        unset or its value starts with ``mark``; True when this call set it.
 
-        A writer renews what it wrote without overwriting what another wrote since.
+        A writer whose values all start with a mark of its own renews what it wrote without
+        overwriting what another writer wrote since.
         """
         ...
 
-    async def delete_if(self, key: str, value: str) -> bool:
-        """Forget ``key`` only while it holds ``value``; True when this call forgot it.
-
-        A writer takes back what it wrote without undoing what another wrote since.
-        """
+    async def delete_marked(self, key: str, mark: str) -> bool:
+        """Forget ``key`` only while its value starts with ``mark``; True when this call
+        forgot it: a writer takes back its own value, never another's."""
         ...
 
     async def acquire(self, pool: str, holder: str, *, limit: int, ttl: float) -> bool:
@@ -104,14 +103,16 @@ class MemoryStore:
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)
 
-    async def put_over(self, key: str, old: str, value: str, ttl: float) -> bool:
-        if self._live(key) not in (None, old):
+    async def put_marked(self, key: str, mark: str, value: str, ttl: float) -> bool:
+        current = self._live(key)
+        if current is not None and not current.startswith(mark):
             return False
         await self.put(key, value, ttl)
         return True
 
-    async def delete_if(self, key: str, value: str) -> bool:
-        if self._live(key) != value:
+    async def delete_marked(self, key: str, mark: str) -> bool:
+        current = self._live(key)
+        if current is None or not current.startswith(mark):
             return False
         del self._values[key]
         return True

@@ -218,3 +218,22 @@ async def test_a_renewal_in_flight_never_brings_back_a_call_that_ended() -> None
     await asyncio.wait_for(asyncio.gather(renewal, ending), 2)
     assert await store.get("live:CA1") is None
     assert await store.holders("live") == []
+
+
+@pytest.mark.anyio
+async def test_a_stream_renews_and_removes_its_entry_even_after_a_write_was_lost() -> None:
+    store = MemoryStore()
+    directory = CallDirectory(store, MemoryBus(), instance="only")
+    await directory.add(entry("CA1"), lambda *, now: None)
+    stale = await store.get("live:CA1")  # the entry before the session was ready
+    await directory.update("CA1", "h-CA1", session_id="sess_1")
+    assert stale is not None
+    await store.put("live:CA1", stale, ttl=60)  # as if that update was lost in an outage
+    await directory.renew()  # still this stream's entry: renewed with what it knows now
+    found = await directory.find("CA1")
+    raw = await store.get("live:CA1")
+    assert found is not None and raw is not None and LiveEntry.from_json(raw) == found
+    assert found.session_id == "sess_1"
+    await store.put("live:CA1", stale, ttl=60)
+    await directory.remove("CA1", "h-CA1")
+    assert await store.get("live:CA1") is None and await store.holders("live") == []

@@ -86,32 +86,32 @@ async def test_put_new_sets_once_until_expiry(store: Store, t: Time) -> None:
 
 
 @pytest.mark.anyio
-async def test_delete_if_forgets_only_the_value_it_is_given(store: Store, t: Time) -> None:
-    await store.put("entry", "mine", ttl=t.s(10))
-    assert await store.delete_if("entry", "theirs") is False
-    assert await store.get("entry") == "mine"
-    await store.put("entry", "theirs", ttl=t.s(10))  # another writer took it over
-    assert await store.delete_if("entry", "mine") is False
-    assert await store.get("entry") == "theirs"
-    assert await store.delete_if("entry", "theirs") is True
+async def test_put_marked_sets_an_unset_key_or_one_its_writer_marked(store: Store, t: Time) -> None:
+    assert await store.put_marked("entry", "mine:", "mine:1", ttl=t.s(10)) is True  # unset
+    assert await store.put_marked("entry", "mine:", "mine:2", ttl=t.s(10)) is True
+    assert await store.get("entry") == "mine:2"
+    await store.put("entry", "theirs:1", ttl=t.s(10))  # another writer took it over
+    assert await store.put_marked("entry", "mine:", "mine:3", ttl=t.s(10)) is False
+    assert await store.get("entry") == "theirs:1"
+    assert await store.put_marked("entry", "theirs:", "theirs:2", ttl=t.s(2)) is True
+    await t.wait(3)  # the new value's ttl is the one given
     assert await store.get("entry") is None
-    assert await store.delete_if("entry", "theirs") is False  # gone: nothing to forget
-    await store.put("entry", "mine", ttl=t.s(2))
-    await t.wait(3)
-    assert await store.delete_if("entry", "mine") is False  # expired
 
 
 @pytest.mark.anyio
-async def test_put_over_sets_an_unset_key_or_its_own_value_only(store: Store, t: Time) -> None:
-    assert await store.put_over("entry", "mine", "mine 1", ttl=t.s(10)) is True  # unset
-    assert await store.put_over("entry", "mine 1", "mine 2", ttl=t.s(10)) is True
-    assert await store.get("entry") == "mine 2"
-    await store.put("entry", "theirs", ttl=t.s(10))  # another writer took it over
-    assert await store.put_over("entry", "mine 2", "mine 3", ttl=t.s(10)) is False
-    assert await store.get("entry") == "theirs"
-    assert await store.put_over("entry", "theirs", "theirs 2", ttl=t.s(2)) is True
-    await t.wait(3)  # the new value's ttl is the one given
+async def test_delete_marked_forgets_only_its_writers_value(store: Store, t: Time) -> None:
+    await store.put("entry", "mine:1", ttl=t.s(10))
+    assert await store.delete_marked("entry", "theirs:") is False
+    assert await store.get("entry") == "mine:1"
+    await store.put("entry", "theirs:1", ttl=t.s(10))  # another writer took it over
+    assert await store.delete_marked("entry", "mine:") is False
+    assert await store.get("entry") == "theirs:1"
+    assert await store.delete_marked("entry", "theirs:") is True
     assert await store.get("entry") is None
+    assert await store.delete_marked("entry", "theirs:") is False  # gone: nothing to forget
+    await store.put("entry", "mine:2", ttl=t.s(2))
+    await t.wait(3)
+    assert await store.delete_marked("entry", "mine:") is False  # expired
 
 
 @pytest.mark.anyio
