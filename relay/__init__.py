@@ -20,6 +20,7 @@ The map, in the order a call meets it::
       recovery.py          getting an agent and getting it back: retry, resume, fresh, fallback
       bridge.py            CallBridge: the one owner of a call's sockets, tasks and timeouts
       call_tools.py        a call's tools: runs tool calls, carries out hang-ups and transfers
+      agent_links.py       LinkAttempts: a call's agent link, opened, awaited and replaced
       protocol.py          CallProtocol: the pure state of a call, messages in, actions out
       actions.py           what the protocol asks its owner to do (plain dataclasses)
       goodbye.py           the wait for the agent's goodbye before a hang-up or transfer (pure)

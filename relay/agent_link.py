@@ -8,7 +8,7 @@ relay without a task switch or a queue. Writes are bounded: an agent that stops 
 
 A call holds at most one link, in one attribute of its bridge. A link that drops is replaced,
 not repaired: the protocol decides what the next one is for (``session.resume`` of the same
-session, or a fresh one), and the bridge opens it in the old one's place.
+session, or a fresh one), and ``relay.agent_links`` opens it in the old one's place.
 """
 
 from __future__ import annotations

@@ -11,18 +11,19 @@ call has (no ``start``, the agent's handshake, the maximum duration, the goodbye
 it with a reason of its own; an exception that is not ``CallEnded``, a stray ``TimeoutError``
 included, is a fault and reaches the error boundary.
 Running the tools and what they ask of the call (hang up, transfer) is ``relay.call_tools``'s;
-the bridge gives it tasks and performs its actions.
+opening the agent link and replacing it is ``relay.agent_links``'s (``LinkAttempts``); the
+bridge gives both tasks in its group and performs their actions.
 
 The agent socket (an ``AgentLink``) is opened as soon as Twilio's upgrade is accepted, so the
 network handshake overlaps Twilio's ``connected``/``start``; ``session.update`` is sent only
 once ``start`` carried a valid per-call token, so a forged stream never opens a session.
 
-The link is replaceable: the protocol asks for one (``OpenLink``), and the bridge opens it,
-waits for ``session.ready`` within the attempt's timeouts and reports how it went
-(``link_opened``, ``link_ready``, ``link_failed``); a ready link that closes without
-``session.ended`` is reported as ``link_lost``, and the protocol decides what comes next
-(retry, resume, a fresh session, or the fallback). A replaced link's callback is detached, so
-none of its audio still in flight reaches the caller.
+The link is replaceable: the protocol asks for one (``OpenLink``) and ``LinkAttempts`` opens
+it, waits for ``session.ready`` and reports back to the protocol; the protocol decides what
+comes next (retry, resume, a fresh session, or the fallback). The bridge keeps only the
+current link, in one attribute that ``LinkAttempts`` sets (``_use_link``) for the audio path
+to write to; each link calls the bridge's own ``_on_agent_message``, so reply audio reaches the
+caller without a hop.
 
 Before closing the stream, the bridge records the call's outcome by CallSid
 (``relay.outcome_records``): Twilio then requests the ``<Connect action>`` and plays what that
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -48,7 +48,6 @@ from typing import Any
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
-from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from relay import agent_messages
 from relay.actions import (
@@ -66,6 +65,7 @@ from relay.actions import (
     Transfer,
 )
 from relay.agent_link import AgentLink, LinkClosed, Message
+from relay.agent_links import LinkAttempts
 from relay.call_directory import CallDirectory, LiveEntry, new_holder
 from relay.call_tools import CallTools
 from relay.config import Settings
@@ -75,7 +75,7 @@ from relay.monitor import Monitor
 from relay.outcome_records import record_outcome
 from relay.outcomes import Outcome
 from relay.protocol import CallProtocol
-from relay.recovery import Failure, Kind, Mode, Recovery
+from relay.recovery import Recovery
 from relay.redaction import redact
 from relay.security import StreamTokens
 from relay.serving import RECEIVE_TEXT, SEND_TEXT, StreamStalled
@@ -84,7 +84,6 @@ from relay.takeover import keeps_session, restreams
 from relay.tools import CallInfo, Registry
 
 logger = logging.getLogger("relay.call")
-AGENT_MAX_MESSAGE = 1 << 20
 # How the Twilio stream can end other than by a hang-up (uvicorn's disconnect codes).
 _STREAM_FAILURES = {
     1002: ("Twilio stream failed: WebSocket protocol error", Outcome.STREAM_FAILED),
@@ -107,10 +106,6 @@ OPERATOR_HANG_UP = "hung up by an operator"
 TIME_LIMIT_GOODBYE = ("The call has reached its time limit. Tell the caller, in one short "
                       "sentence, that you have to end the call now, and say goodbye.")
 MAX_DURATION_REACHED = "maximum call duration reached"
-
-
-def _ignore(raw: Message) -> None:
-    """The message callback of a replaced link: what it still delivers is dropped."""
 
 
 class CallLog(logging.LoggerAdapter[logging.Logger]):
@@ -136,7 +131,6 @@ class CallBridge:
         self._twilio = twilio_ws
         self._directory = directory
         self._listed = False  # the call is in the live-call directory
-        self._first_attempt: asyncio.Task[None] | None = None  # opening the first link
         self._settings = settings
         self._tokens = tokens
         self._purpose = purpose
@@ -164,11 +158,8 @@ class CallBridge:
         self._receive_twilio_with: Callable[[Callable[[bytes], None]], None] = (
             extensions[RECEIVE_TEXT])
         self._started: asyncio.Future[None] | None = None
-        self._agent: AgentLink | None = None
-        # The current attempt's wait: None once session.ready came, or why it failed.
-        self._ready_wait: asyncio.Future[Failure | None] | None = None
+        self._agent: AgentLink | None = None  # the current link (``self.links`` sets it)
         self._ended: asyncio.Future[CallEnded] | None = None
-        self._agent_done = asyncio.Event()  # session.ended received, or the link is gone
         self._tearing_down = False
         self._tg: asyncio.TaskGroup | None = None
         self._problems: dict[str, int] = {}
@@ -179,6 +170,11 @@ class CallBridge:
                                protocol=self.protocol, perform=self._perform,
                                spawn=self._task, log=self.log)
         self.watch = monitor.watch(self)  # the call's record, metrics and live view
+        self.links = LinkAttempts(settings=settings, protocol=self.protocol,
+                                  perform=self._perform, spawn=self._start,
+                                  on_message=self._on_agent_message, use=self._use_link,
+                                  opened=self.watch.agent_opened,
+                                  until_started=self._until_started, end=self._end)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -252,11 +248,7 @@ class CallBridge:
 
     def _take_over(self, entry: LiveEntry) -> None:
         """Resume the agent session of the instance that held this call before it died."""
-        first, self._first_attempt = self._first_attempt, None
-        if first is not None:
-            first.cancel()  # the link opened for a first session is not needed
-        if self._agent is not None:
-            self._drop_link(self._agent)
+        self.links.give_up_first()
         assert entry.session_id is not None
         self._perform(self.protocol.take_over(entry.session_id, entry.resume_token,
                                               time.monotonic()))
@@ -288,90 +280,14 @@ class CallBridge:
         if not done:
             raise late or CallEnded("timed out", 1011, Outcome.RELAY_ERROR)
 
-    # ------------------------------------------------------------------ the agent link
+    async def _until_started(self) -> None:
+        """Wait for Twilio's ``start`` to check out, unless the call ends first."""
+        assert self._started is not None
+        await self._first(self._started)
 
-    async def _attempt(self, action: OpenLink) -> None:
-        """One attempt at an agent session; its outcome goes back to the protocol."""
-        attempt = action.attempt
-        if attempt.delay:
-            await asyncio.sleep(attempt.delay)
-        failure = await self._try_link(action)
-        if failure is None:
-            return
-        if attempt.mode is Mode.FIRST:
-            assert self._started is not None
-            await self._first(self._started)  # so an observer is told why
-        self._perform(self.protocol.link_failed(failure, time.monotonic()))
-
-    async def _try_link(self, action: OpenLink) -> Failure | None:
-        """Open a link and wait for its ``session.ready``: None, or why there is none."""
-        s, attempt = self._settings, action.attempt
-        try:
-            link = await AgentLink.open(
-                s.agent_url,
-                headers={"Authorization": f"Bearer {action.credential or s.agent_key}"},
-                on_message=self._on_agent_message,
-                ping_interval=s.agent_ping_interval,
-                open_timeout=max(0.0, min(attempt.open_timeout,
-                                          attempt.deadline - time.monotonic())),
-                max_size=AGENT_MAX_MESSAGE,
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            return Failure(Kind.HTTP, f"the upgrade was answered HTTP {status}", status=status)
-        except TimeoutError:
-            return Failure(Kind.TIMEOUT, f"no handshake within {attempt.open_timeout:g} s")
-        except (OSError, InvalidHandshake) as exc:
-            return Failure(Kind.NETWORK, f"unreachable: {type(exc).__name__}: {exc}")
-        loop = asyncio.get_running_loop()
-        self._ready_wait = wait = loop.create_future()
-        self._agent, self._agent_done = link, asyncio.Event()
-        link.closed.add_done_callback(functools.partial(self._agent_closed, link))
-        self.watch.agent_opened(link.closed)
-        try:
-            self._perform(self.protocol.link_opened())
-            if attempt.mode is Mode.FIRST:  # the session.update goes once start checked out
-                assert self._started is not None
-                await self._first(self._started)
-            left = max(0.0, min(attempt.ready_timeout, attempt.deadline - time.monotonic()))
-            failure: Failure | None = Failure(
-                Kind.TIMEOUT, f"no session.ready within {left:.1f} s")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
-                    failure = await asyncio.shield(wait)
-            if failure is None:
-                return None
-        finally:
-            self._ready_wait = None
-        self._drop_link(link)
-        return failure
-
-    def _drop_link(self, link: AgentLink) -> None:
-        """Let go of a failed link: nothing it still sends reaches the call."""
-        link.on_message = _ignore
-        if self._agent is link:
-            self._agent = None
-        link.abort()
-
-    def _agent_closed(self, link: AgentLink, closed: asyncio.Future[LinkClosed]) -> None:
-        if link is not self._agent:
-            return  # a link already replaced or let go
-        self._agent_done.set()
-        if closed.cancelled() or self._tearing_down:  # the call is over
-            return
-        result = closed.result()
-        wait = self._ready_wait
-        if wait is not None and not wait.done():  # its attempt reports it
-            wait.set_result(Failure(Kind.CLOSED, str(result), close_code=result.code))
-            return
-        if self.protocol.ended:
-            self._end(CallEnded("agent ended the session", 1000, Outcome.AGENT_ENDED))
-            return
-        self._drop_link(link)  # a drop: keep the caller and get the session back
-        try:
-            self._perform(self.protocol.link_lost(str(result), time.monotonic()))
-        except CallEnded as ended:
-            self._end(ended)
+    def _use_link(self, link: AgentLink | None) -> None:
+        """From ``self.links``: the link the call's messages go to from now on (None: none)."""
+        self._agent = link
 
     def _end(self, ended: CallEnded) -> None:
         """Finish the call from a callback (the first reason wins)."""
@@ -428,7 +344,7 @@ class CallBridge:
     async def _teardown(self, close_code: int, reason: str, ended: CallEnded | None) -> None:
         """The caller first (outcome, then the stream's close), then the agent session."""
         self._tearing_down = True
-        agent, self._agent = self._agent, None
+        agent = self.links.release()
         # A lost stream leaves its session and entry for the call's next stream.
         keep = ended is not None and ended.outcome is Outcome.STREAM_LOST
         try:
@@ -450,7 +366,7 @@ class CallBridge:
                 with contextlib.suppress(LinkClosed, TimeoutError):
                     agent.send(orjson.dumps(agent_messages.session_end()))
                     async with asyncio.timeout(timeout):
-                        await self._agent_done.wait()
+                        await self.links.done.wait()
             await agent.close(close_timeout=timeout)
         finally:
             agent.abort()  # a no-op once closed; frees the socket even if cancelled
@@ -529,7 +445,7 @@ class CallBridge:
         except Exception as exc:
             self._message_failed(exc, "agent")
         if self.protocol.ended:
-            self._agent_done.set()
+            self.links.done.set()
 
     def _message_failed(self, exc: Exception, side: str) -> None:
         """One message's error boundary: bad input is dropped, ``CallEnded`` ends the call."""
@@ -548,7 +464,7 @@ class CallBridge:
             msg = orjson.loads(raw)
             if type(msg) is dict and msg.get("type") == "session.ended":
                 self.log.info("agent session ended")
-                self._agent_done.set()
+                self.links.done.set()
 
     def _bad(self, problem: str) -> None:
         count = self._problems.get(problem, 0)
@@ -588,16 +504,11 @@ class CallBridge:
             elif isinstance(action, EndCall):
                 raise CallEnded(action.reason, action.code, action.outcome)
             elif isinstance(action, OpenLink):
-                task = self._start(self._attempt(action), f"agent link ({action.attempt.mode})")
-                if action.attempt.mode is Mode.FIRST:
-                    self._first_attempt = task
+                self.links.open(action)
             elif isinstance(action, LinkReady):
-                if self._ready_wait is not None and not self._ready_wait.done():
-                    self._ready_wait.set_result(None)
-                self._perform(self.protocol.link_ready(time.monotonic()))
+                self.links.ready()
             elif isinstance(action, LinkFailed):
-                if self._ready_wait is not None and not self._ready_wait.done():
-                    self._ready_wait.set_result(action.failure)
+                self.links.failed(action.failure)
             elif isinstance(action, Transfer):  # the <Connect action> dials the number
                 raise CallEnded(f"transferred to {mask_number(action.number)}", 1000,
                                 Outcome.TRANSFERRED, action.number)

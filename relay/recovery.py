@@ -2,8 +2,9 @@
 
 A call needs an agent session from Twilio's ``start`` on, and again after a drop mid-call. Each
 try is an ``Attempt``: open a link and send its first message (``session.update``, or
-``session.resume`` after a drop), then wait for ``session.ready``. The bridge performs attempts
-and reports how each failed (a ``Failure``); ``Recovery`` decides what comes next:
+``session.resume`` after a drop), then wait for ``session.ready``. ``relay.agent_links``
+performs attempts and reports how each failed (a ``Failure``); ``Recovery`` decides what comes
+next:
 
 * the first session, or a fresh one: **retry once**, after ``AGENT_RETRY_BACKOFF``, when a
   retry can help (network errors, timeouts, HTTP 429 and 5xx, ``at_capacity``,
