@@ -10,7 +10,7 @@ link's message callback is detached (``_ignore``) and the link aborted, so none 
 still in flight reaches the caller.
 
 It owns the current link, the current attempt's wait for ``session.ready``, the task of the
-first attempt (cancelled when a re-stream takes over another instance's session) and
+first attempt (cancelled when a re-stream takes over the session of the call's lost stream) and
 ``done``, the current link's end (``session.ended`` received, or the link gone), which the
 bridge's teardown waits for. It owns no task of its own: attempts run in the call's TaskGroup
 (``spawn``), actions go through the bridge's ``perform``, and the link the bridge writes the

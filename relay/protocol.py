@@ -260,10 +260,11 @@ class CallProtocol:
         return actions
 
     def take_over(self, session_id: str, resume_token: str | None, now: float) -> list[Action]:
-        """This stream replaces one whose instance died (``relay.takeover``): instead of a new
-        session, resume that instance's agent session, then a fresh one, then the fallback.
+        """This stream replaces one that was lost (its instance died, or Twilio's side of it
+        dropped: ``relay.takeover``): instead of a new session, resume that stream's agent
+        session, then a fresh one, then the fallback.
 
-        The bridge has let go of the link it opened for a first session.
+        The link opened for a first session has been let go.
         """
         assert self.info is not None, "take_over before start"
         self.session_open = True

@@ -102,7 +102,7 @@ def agent_messages_() -> st.SearchStrategy[Any]:
         JUNK)
 
 
-# How an attempt fails, as the bridge reports it (``CallBridge._try_link``, ``_agent_closed``).
+# How an attempt fails, as the link attempts report it (``LinkAttempts._try``, ``_closed``).
 FAILURES = st.sampled_from([
     Failure(Kind.HTTP, "the upgrade was answered HTTP 503", status=503),
     Failure(Kind.HTTP, "the upgrade was answered HTTP 401", status=401),
