@@ -91,6 +91,7 @@ class Publisher:
         self._gauges: dict[str, Gauge] = {}
         self._counters: dict[str, Counter] = {}
         self._copied: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._failing = False
         self.merged = CollectorRegistry()
         MultiProcessCollector(self.merged, path)  # type: ignore[no-untyped-call]
 
@@ -135,7 +136,11 @@ class Publisher:
             try:
                 self.publish()
             except OSError as exc:  # a full disk: the figures go stale, the calls go on
-                log.warning("metrics not shared with the other workers: %s", exc)
+                if not self._failing:  # once per failure, not once a second
+                    log.warning("metrics not shared with the other workers: %s", exc)
+                self._failing = True
+            else:
+                self._failing = False
             await asyncio.sleep(interval)
 
     def _gauge(self, name: str, doc: str, labels: dict[str, str]) -> Gauge:
