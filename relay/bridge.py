@@ -29,6 +29,13 @@ Before closing the stream, the bridge records the call's outcome by CallSid
 (``relay.outcome_records``): Twilio then requests the ``<Connect action>`` and plays what that
 record says (a hang-up, a ``<Dial>``, or the fallback).
 
+A stream's place among the instances is its entry in ``relay.call_directory``, written under
+its own holder name. A Twilio stream lost with the agent session live ends as ``stream_lost``:
+no outcome, no ``session.end``, its entry left for the re-stream the action request answers
+(``relay.takeover``). At the end of any other stream the entry goes first, and if another
+stream had taken the call over meanwhile (this instance stalled, say), the session is left to
+that stream: only this stream's socket is closed.
+
 The audio path has no queue and no task switch: each message is handled in the
 ``data_received`` callback of the socket it arrived on (``relay.serving``'s ``receive_text``
 extension for Twilio, ``AgentLink`` for the agent) and written to the other socket at once.
@@ -342,7 +349,8 @@ class CallBridge:
         return ended
 
     async def _teardown(self, close_code: int, reason: str, ended: CallEnded | None) -> None:
-        """The caller first (outcome, then the stream's close), then the agent session."""
+        """The caller first (outcome, then the stream's close), then the call's entry, then
+        the agent session."""
         self._tearing_down = True
         agent = self.links.release()
         # A lost stream leaves its session and entry for the call's next stream.
@@ -350,10 +358,16 @@ class CallBridge:
         try:
             await self._let_caller_go(close_code, reason, ended)
         finally:
-            if agent is not None:
-                await self._end_agent(agent, end_session=not keep)
-            if self._directory is not None and self._listed:
-                await self._directory.remove(self._call_sid, self._holder, keep=keep)
+            held = True
+            try:
+                if self._directory is not None and self._listed:
+                    held = await self._directory.remove(self._call_sid, self._holder, keep=keep)
+            finally:
+                if agent is not None:
+                    if not held:  # e.g. this instance stalled and the call moved meanwhile
+                        self.log.warning("the call was taken over by another stream: its agent "
+                                         "session is left to that stream")
+                    await self._end_agent(agent, end_session=held and not keep)
 
     async def _end_agent(self, agent: AgentLink, *, end_session: bool = True) -> None:
         """``session.end`` (billing stops), a bounded wait for ``session.ended``, the close.

@@ -149,20 +149,26 @@ class CallDirectory:
             await self.store.put_marked(KEY_PREFIX + call_sid, entry.mark, entry.to_json(),
                                         self.lease)
 
-    async def remove(self, call_sid: str, holder: str, *, keep: bool = False) -> None:
+    async def remove(self, call_sid: str, holder: str, *, keep: bool = False) -> bool:
         """``holder``'s stream has ended here: its entry goes at once, or, with ``keep``, is
-        left to its lease (the call may be streamed again). A newer holder's entry stays."""
+        left to its lease (the call may be streamed again). A newer holder's entry stays.
+
+        Returns False when another stream (here or on another instance) has taken the call
+        over, so the agent session is that stream's now; True otherwise.
+        """
         async with self._writing:
             entry = self._holds(call_sid, holder)
             if entry is None:
-                return
+                return call_sid not in self._mine  # a newer stream of this instance holds it
             del self._mine[call_sid]
             self._hang_ups.pop(call_sid, None)
             if keep:
-                return
+                return True
             # Only if no other stream (here or elsewhere) has written the call's entry since.
-            if await self.store.delete_marked(KEY_PREFIX + call_sid, entry.mark):
-                await self.store.release(POOL, call_sid)
+            if not await self.store.delete_marked(KEY_PREFIX + call_sid, entry.mark):
+                return False  # (an entry that expired meanwhile is nobody's: True)
+            await self.store.release(POOL, call_sid)
+            return True
 
     async def find(self, call_sid: str) -> LiveEntry | None:
         entry = self._mine.get(call_sid)

@@ -4,9 +4,9 @@ The store holds limits and single-use checks; the phone line must not depend on 
 wrapped store raises ``StoreUnavailable`` (Redis down, or slower than its timeout), every
 operation answers as if the check had passed: ``acquire`` and ``put_new`` return True, ``get``
 returns None, writes are dropped (``put_marked`` says it set nothing), and ``delete_marked``
-forgets nothing (the key expires). The Twilio signature and the HMAC stream token still
-protect each call; what is lost for the outage is only what several instances share (a token
-used twice, a limit counted per instance).
+says it forgot the key (it expires instead). The Twilio signature and the HMAC stream token
+still protect each call; what is lost for the outage is only what several instances share (a
+token used twice, a limit counted per instance).
 
 One ERROR line marks the start of an outage and one INFO line its end, however many calls pass
 in between. After a failure the store is left alone for ``retry_after`` seconds, so calls
@@ -87,8 +87,8 @@ class FailOpenStore:
         return await self._call(lambda: self.inner.put_marked(key, mark, value, ttl), False)
 
     async def delete_marked(self, key: str, mark: str) -> bool:
-        # Unknown while unavailable: the key is left to its expiry.
-        return await self._call(lambda: self.inner.delete_marked(key, mark), False)
+        # Unknown while unavailable: as if the writer's own value went (it expires instead).
+        return await self._call(lambda: self.inner.delete_marked(key, mark), True)
 
     async def acquire(self, pool: str, holder: str, *, limit: int, ttl: float) -> bool:
         return await self._call(lambda: self.inner.acquire(pool, holder, limit=limit, ttl=ttl),

@@ -56,11 +56,16 @@ end
 return 0
 """
 
-# KEYS[1]: the value's key; ARGV[1]: the writer's mark. Returns 1 when deleted.
+# KEYS[1]: the value's key; ARGV[1]: the writer's mark. Returns 0 when the key holds another
+# writer's value, else 1 (deleted, or already unset).
 _DELETE_MARKED = """
 local v = redis.call('GET', KEYS[1])
-if v ~= false and string.sub(v, 1, #ARGV[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
+if v == false then
+    return 1
+end
+if string.sub(v, 1, #ARGV[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+    return 1
 end
 return 0
 """

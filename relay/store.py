@@ -40,8 +40,9 @@ class Store(Protocol):
         ...
 
     async def delete_marked(self, key: str, mark: str) -> bool:
-        """Forget ``key`` only while its value starts with ``mark``; True when this call
-        forgot it: a writer takes back its own value, never another's."""
+        """Forget ``key`` only while its value starts with ``mark``: a writer takes back its
+        own value, never another's. False when the key holds another writer's value (True
+        when it was forgotten, or was already unset)."""
         ...
 
     async def acquire(self, pool: str, holder: str, *, limit: int, ttl: float) -> bool:
@@ -112,7 +113,9 @@ class MemoryStore:
 
     async def delete_marked(self, key: str, mark: str) -> bool:
         current = self._live(key)
-        if current is None or not current.startswith(mark):
+        if current is None:
+            return True
+        if not current.startswith(mark):
             return False
         del self._values[key]
         return True

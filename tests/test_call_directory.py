@@ -167,13 +167,14 @@ async def test_the_stream_a_call_was_taken_from_removes_only_its_own_entry(
     await a.add(entry("CA1", "first"), hung_up.of("first"))
     await b.add(entry("CA1", "second", restreams=1), hung_up.of("second"))  # B took it over
     await a.update("CA1", "first", session_id="sess_stale")  # the old stream's late news
-    await a.remove("CA1", "first")  # the old stream ends after the takeover
+    assert await a.remove("CA1", "first") is False  # it ends after the takeover: not its call
     found = await a.find("CA1")
     assert found is not None and (found.instance, found.holder) == ("B", "second")
     assert found.session_id is None
     assert [e.call_sid for e in await a.all()] == ["CA1"]  # still listed, held by B
-    await b.remove("CA1", "second")
+    assert await b.remove("CA1", "second") is True
     assert await a.find("CA1") is None and await a.all() == []
+    assert await a.remove("CA9", "never-listed") is True  # nothing took it over
 
 
 @pytest.mark.anyio
@@ -182,7 +183,7 @@ async def test_a_stream_taken_over_in_the_same_process_leaves_the_new_one_alone(
     hung_up = HangUps()
     await directory.add(entry("CA1", "first"), hung_up.of("first"))
     await directory.add(entry("CA1", "second", restreams=1), hung_up.of("second"))
-    await directory.remove("CA1", "first")
+    assert await directory.remove("CA1", "first") is False
     assert [e.holder for e in directory.mine()] == ["second"]
     assert [e.holder for e in await directory.all()] == ["second"]
     assert await directory.hang_up("CA1") and hung_up.calls == ["second"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,25 @@ async def test_a_stream_lost_before_the_session_was_ready_falls_back(
             assert step is not None and "<Stream" not in step.twiml and step.says
         (record,) = await wait_for_records(tmp_path / "calls", 1)
     assert record["outcome"] == "stream_failed"
+
+
+async def test_a_stream_whose_call_moved_to_another_stream_leaves_the_session_to_it(
+        make_relay: Any) -> None:
+    async with FakeAgent(echo=True).running() as agent, \
+            make_relay(agent, agent_greeting="") as relay:
+        directory = relay.server.config.app.state.relay.shared.directory
+        async with SimulatedCall.dial(relay.base_url, auth_token=AUTH_TOKEN) as call:
+            await echoed(call, bytes(range(160)), 5 * MS)
+            session = agent.sessions[0]
+            key = "live:" + call.call_sid
+            await eventually(lambda: bool(directory.mine() and directory.mine()[0].session_id),
+                             5 * MS)
+            (mine,) = directory.mine()
+            # Another instance takes the call over (as after a stall of this one) ...
+            theirs = replace(mine, holder="another-stream", instance="elsewhere", restreams=1)
+            await directory.store.put(key, theirs.to_json(), ttl=60)
+            await call.hang_up()  # ... and this stream then ends, here for another reason
+            await call.wait_closed(5 * MS)
+        await asyncio.wait_for(session.closed.wait(), 5 * MS)
+        assert not session.of_type("session.end")  # the session is the new stream's now
+        assert await directory.store.get(key) == theirs.to_json()  # and so is the entry

@@ -108,10 +108,11 @@ async def test_delete_marked_forgets_only_its_writers_value(store: Store, t: Tim
     assert await store.get("entry") == "theirs:1"
     assert await store.delete_marked("entry", "theirs:") is True
     assert await store.get("entry") is None
-    assert await store.delete_marked("entry", "theirs:") is False  # gone: nothing to forget
+    assert await store.delete_marked("entry", "theirs:") is True  # gone: nobody else's
     await store.put("entry", "mine:2", ttl=t.s(2))
     await t.wait(3)
-    assert await store.delete_marked("entry", "mine:") is False  # expired
+    assert await store.delete_marked("entry", "mine:") is True  # expired: nobody else's
+    assert await store.get("entry") is None
 
 
 @pytest.mark.anyio
