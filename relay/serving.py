@@ -41,7 +41,8 @@ Overridden, each calling uvicorn's own method first or for every other case:
 * ``send`` (432–549): before a close whose peer stopped reading (``self.writable`` clear, set
   by ``pause_writing``, 165–175) it aborts instead of waiting (433); after a close it replaces
   the ``close_timer`` uvicorn set to ``transport.close`` (520) with one that aborts.
-* ``keepalive_timeout`` (362–373): aborts after uvicorn's ``conn.fail(1011)`` and close.
+* ``keepalive_timeout`` (362–373): after uvicorn's ``conn.fail(1011)`` and close, reports the
+  stream lost (1006, on ``self.queue``, as ``connection_lost`` does for a drop) and aborts.
 
 Mirrored: ``send_text_now`` is the text branch of ``send`` (496–506: ``conn.send_text``,
 ``conn.data_to_send``, ``transport.write``), with its guards: ``disconnected`` (435–436),
@@ -182,6 +183,10 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
         failing = not (self.close_sent or self.transport.is_closing())
         super().keepalive_timeout()
         if failing:
+            # The peer went silent (a line cut without FIN or RST): the connection is lost,
+            # 1006, not closed (uvicorn's connection_lost would say 1005, as for a hang-up).
+            if self.handshake_complete:
+                self.queue.put_nowait({"type": "websocket.disconnect", "code": 1006})
             self.transport.abort()  # a dead peer never takes the buffered data: do not wait
 
     def connection_lost(self, exc: Exception | None) -> None:
