@@ -361,7 +361,11 @@ class CallBridge:
             held = True
             try:
                 if self._directory is not None and self._listed:
-                    held = await self._directory.remove(self._call_sid, self._holder, keep=keep)
+                    # A kept entry carries the session to resume, whatever update was lost.
+                    last = {"session_id": self.protocol.session_id,
+                            "resume_token": self.protocol.resume_token} if keep else {}
+                    held = await self._directory.remove(self._call_sid, self._holder,
+                                                        keep=keep, **last)
             finally:
                 if agent is not None:
                     if not held:  # e.g. this instance stalled and the call moved meanwhile

@@ -123,6 +123,7 @@ class CallDirectory:
         self._hang_ups: dict[str, HangUp] = {}
         # Held while one call's leases are written: its end waits for that write, no longer.
         self._writing = asyncio.Lock()
+        self._moved: set[str] = set()  # holders whose call another stream took over, logged
 
     def mine(self) -> list[LiveEntry]:
         return list(self._mine.values())
@@ -149,9 +150,12 @@ class CallDirectory:
             await self.store.put_marked(KEY_PREFIX + call_sid, entry.mark, entry.to_json(),
                                         self.lease)
 
-    async def remove(self, call_sid: str, holder: str, *, keep: bool = False) -> bool:
+    async def remove(self, call_sid: str, holder: str, *, keep: bool = False,
+                     **last: Any) -> bool:
         """``holder``'s stream has ended here: its entry goes at once, or, with ``keep``, is
-        left to its lease (the call may be streamed again). A newer holder's entry stays.
+        left to its lease (the call may be streamed again), written once more with the
+        ``last`` changes (the session to resume, even if an update did not get through). A
+        newer holder's entry stays.
 
         Returns False when another stream (here or on another instance) has taken the call
         over, so the agent session is that stream's now; True otherwise.
@@ -162,8 +166,11 @@ class CallDirectory:
                 return call_sid not in self._mine  # a newer stream of this instance holds it
             del self._mine[call_sid]
             self._hang_ups.pop(call_sid, None)
+            self._moved.discard(holder)
             if keep:
-                return True
+                entry = replace(entry, **last)
+                return await self.store.put_marked(KEY_PREFIX + call_sid, entry.mark,
+                                                   entry.to_json(), self.lease)
             # Only if no other stream (here or elsewhere) has written the call's entry since.
             if not await self.store.delete_marked(KEY_PREFIX + call_sid, entry.mark):
                 return False  # (an entry that expired meanwhile is nobody's: True)
@@ -208,16 +215,17 @@ class CallDirectory:
             log.info("[%s] hang-up asked by another instance", call_sid)
             local(now=now)
 
-    async def _write(self, entry: LiveEntry, *, claim: bool = False) -> None:
+    async def _write(self, entry: LiveEntry, *, claim: bool = False) -> bool:
         """Write the call's entry: ``claim`` it (a stream that starts or takes the call over),
         or renew it unless another stream has written it since (an entry that expired, as
-        in a store outage, is written back)."""
+        in a store outage, is written back). False when another stream holds the call."""
         key, value = KEY_PREFIX + entry.call_sid, entry.to_json()
         if claim:
             await self.store.put(key, value, self.lease)
-        else:
-            await self.store.put_marked(key, entry.mark, value, self.lease)
+        elif not await self.store.put_marked(key, entry.mark, value, self.lease):
+            return False
         await self.store.acquire(POOL, entry.call_sid, limit=UNBOUNDED, ttl=self.lease)
+        return True
 
     async def renew(self) -> None:
         """One renewal of every lease of this instance's calls."""
@@ -226,7 +234,14 @@ class CallDirectory:
                 entry = self._mine.get(call_sid)
                 if entry is None:
                     continue  # ended meanwhile
-                await self._write(entry)
+                if not await self._write(entry):
+                    # Streamed again elsewhere while this stream lives on (this instance
+                    # stalled, say): its places are not renewed, so they are not counted twice.
+                    if entry.holder not in self._moved:
+                        self._moved.add(entry.holder)
+                        log.warning("[%s] the call is held by another stream now: this "
+                                    "stream's leases are no longer renewed", call_sid)
+                    continue
                 for renewal in self.renewals:
                     await renewal(call_sid, self.lease)
 

@@ -3,10 +3,10 @@
 The store holds limits and single-use checks; the phone line must not depend on it. When the
 wrapped store raises ``StoreUnavailable`` (Redis down, or slower than its timeout), every
 operation answers as if the check had passed: ``acquire`` and ``put_new`` return True, ``get``
-returns None, writes are dropped (``put_marked`` says it set nothing), and ``delete_marked``
-says it forgot the key (it expires instead). The Twilio signature and the HMAC stream token
-still protect each call; what is lost for the outage is only what several instances share (a
-token used twice, a limit counted per instance).
+returns None, writes are dropped (``put_marked`` says it wrote its own value), and
+``delete_marked`` says it forgot the key (it expires instead). The Twilio signature and the
+HMAC stream token still protect each call; what is lost for the outage is only what several
+instances share (a token used twice, a limit counted per instance).
 
 One ERROR line marks the start of an outage and one INFO line its end, however many calls pass
 in between. After a failure the store is left alone for ``retry_after`` seconds, so calls
@@ -84,7 +84,8 @@ class FailOpenStore:
         await self._call(lambda: self.inner.delete(key), None)
 
     async def put_marked(self, key: str, mark: str, value: str, ttl: float) -> bool:
-        return await self._call(lambda: self.inner.put_marked(key, mark, value, ttl), False)
+        # Unknown while unavailable: as if no other writer had taken the key (dropped).
+        return await self._call(lambda: self.inner.put_marked(key, mark, value, ttl), True)
 
     async def delete_marked(self, key: str, mark: str) -> bool:
         # Unknown while unavailable: as if the writer's own value went (it expires instead).

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import pytest
 import redis.asyncio as aioredis
@@ -238,3 +239,40 @@ async def test_a_stream_renews_and_removes_its_entry_even_after_a_write_was_lost
     await store.put("live:CA1", stale, ttl=60)
     await directory.remove("CA1", "h-CA1")
     assert await store.get("live:CA1") is None and await store.holders("live") == []
+
+
+@pytest.mark.anyio
+async def test_a_stream_whose_call_moved_stops_renewing_its_places(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryStore()
+    renewed: list[str] = []
+
+    async def renewal(call_sid: str, lease: float) -> None:
+        renewed.append(call_sid)
+
+    directory = CallDirectory(store, MemoryBus(), instance="stalled", renewals=[renewal])
+    await directory.add(entry("CA1"), lambda *, now: None)
+    await directory.add(entry("CA2"), lambda *, now: None)
+    await directory.renew()
+    assert sorted(renewed) == ["CA1", "CA2"]
+    moved = replace(entry("CA1", "elsewhere"), instance="other")
+    await store.put("live:CA1", moved.to_json(), ttl=60)  # another instance took CA1 over
+    renewed.clear()
+    for _ in range(2):
+        await directory.renew()
+    assert renewed == ["CA2", "CA2"]  # CA1's places are the new stream's to renew
+    assert await store.get("live:CA1") == moved.to_json()
+    warnings = [r for r in caplog.records if "held by another stream" in r.getMessage()]
+    assert len(warnings) == 1  # once per stream, not once per renewal
+    assert await directory.remove("CA1", "h-CA1") is False
+
+
+@pytest.mark.anyio
+async def test_a_kept_entry_carries_the_session_even_if_its_update_was_lost() -> None:
+    store = MemoryStore()
+    directory = CallDirectory(store, MemoryBus(), instance="only")
+    await directory.add(entry("CA1"), lambda *, now: None)  # session.ready's update never came
+    assert await directory.remove("CA1", "h-CA1", keep=True, session_id="sess_1",
+                                  resume_token="rt_1") is True
+    found = await directory.find("CA1")
+    assert found is not None and (found.session_id, found.resume_token) == ("sess_1", "rt_1")
