@@ -36,10 +36,11 @@ start-up with one line when the installed uvicorn lacks any of it. Of
 ``uvicorn/supervisors/multiprocess.py``: ``Process`` (its ``target``, which runs
 ``self.server``, the ``_server`` it caches, ``start``, ``kill``, ``join``, ``is_alive``,
 ``terminate``, ``pid``, ``exitcode``, ``process``) and ``Multiprocess`` (``run``, which
-calls ``init_processes``, ``keep_subprocess_alive``, ``handle_signals``, ``terminate_all``
-and ``join_all``; ``processes``, ``processes_num``, ``signal_queue``, ``should_exit``,
-``config``, ``sockets``). ``init_processes`` and ``keep_subprocess_alive`` are uvicorn's,
-mirrored with ``WorkerProcess`` in place of ``Process``.
+calls ``init_processes``, ``keep_subprocess_alive``, ``handle_signals`` (which calls
+``handle_int`` and ``handle_term``), ``terminate_all`` and ``join_all``; ``processes``,
+``processes_num``, ``signal_queue``, ``should_exit``, ``config``, ``sockets``).
+``init_processes`` and ``keep_subprocess_alive`` are uvicorn's, mirrored with
+``WorkerProcess`` in place of ``Process``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from importlib.metadata import version
 from socket import socket
 
@@ -68,7 +69,7 @@ TESTED = "uvicorn 0.54"
 PROCESS_METHODS = ("target", "start", "kill", "join", "is_alive", "terminate")
 PROCESS_STATE = ("_server", "process", "pid", "exitcode")
 SUPERVISOR_METHODS = ("run", "init_processes", "keep_subprocess_alive", "handle_signals",
-                      "terminate_all", "join_all")
+                      "handle_int", "handle_term", "terminate_all", "join_all")
 SUPERVISOR_STATE = ("processes", "processes_num", "signal_queue", "should_exit", "config",
                     "sockets")
 # How often the parent, waiting for draining workers, looks at the signals it got.
@@ -171,6 +172,20 @@ class Supervisor(Multiprocess):
                         os.kill(process.pid, signal.SIGTERM)
         for process in self.processes:
             self._gone(process)
+
+    def handle_int(self) -> None:
+        self._stop(signal.SIGINT, super().handle_int)
+
+    def handle_term(self) -> None:
+        self._stop(signal.SIGTERM, super().handle_term)
+
+    def _stop(self, sig: int, first: Callable[[], None]) -> None:
+        if self.should_exit.is_set():
+            # A second stop signal handled with the first (they came within one tick):
+            # left in the queue, where ``join_all`` finds it and ends the drain.
+            self.signal_queue.append(sig)
+            return
+        first()
 
     def handle_hup(self) -> None:
         log.warning("SIGHUP ignored: restart the relay to restart its workers")

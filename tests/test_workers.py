@@ -195,6 +195,28 @@ async def test_a_second_signal_ends_every_worker_at_once(
     assert "second signal: ending the 1 worker(s) still draining at once" in relay.log()
 
 
+@pytest.mark.anyio
+async def test_two_signals_at_once_end_every_worker_at_once(
+        make_instance: Callable[..., RelayProcess]) -> None:
+    async with FakeAgent(echo=True).running() as agent:
+        relay = make_instance(**agent_env(agent, DRAIN_SECONDS="60"))
+        await relay.start()
+        await relay.wait_for_log(r"Started server process", count=2)
+        workers = relay.worker_pids()
+        proc = relay.proc
+        assert proc is not None
+        async with SimulatedCall.dial(relay.base_url) as call:
+            await (await agent.session()).ready.wait()
+            # Both within one tick of the parent's loop (two signals of one kind would merge
+            # into one before Python's handler runs: these are two kinds).
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGINT)
+            assert await call.wait_closed(5 * MS) == 1012
+        assert await exit_status(relay, 5 * MS) == 1
+    assert not any(alive(pid) for pid in workers)
+    assert "second signal: ending the" in relay.log()
+
+
 # ---------------------------------------------------------------------- metrics over workers
 
 SILENCE = base64.b64encode(b"\xff" * 160).decode()  # one 20 ms μ-law frame
