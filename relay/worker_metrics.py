@@ -96,6 +96,18 @@ class Publisher:
         MultiProcessCollector(self.merged, path)  # type: ignore[no-untyped-call]
 
     def publish(self) -> None:
+        """Copy now; a failing copy (a full disk) leaves the figures stale, never the call or
+        the scrape that asked for it, and is said once per failure."""
+        try:
+            self._copy()
+        except OSError as exc:
+            if not self._failing:
+                log.warning("metrics not shared with the other workers: %s", exc)
+            self._failing = True
+        else:
+            self._failing = False
+
+    def _copy(self) -> None:
         for family in self._local.collect():
             if family.type == "gauge":
                 for sample in family.samples:
@@ -133,14 +145,7 @@ class Publisher:
 
     async def _every(self, interval: float) -> None:
         while True:
-            try:
-                self.publish()
-            except OSError as exc:  # a full disk: the figures go stale, the calls go on
-                if not self._failing:  # once per failure, not once a second
-                    log.warning("metrics not shared with the other workers: %s", exc)
-                self._failing = True
-            else:
-                self._failing = False
+            self.publish()
             await asyncio.sleep(interval)
 
     def _gauge(self, name: str, doc: str, labels: dict[str, str]) -> Gauge:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from relay import worker_metrics, workers
 from relay.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_installed_uvicorn_has_what_the_supervisor_uses() -> None:
@@ -60,3 +64,31 @@ def test_one_process_without_the_directory_keeps_its_own_metrics(tmp_path: Path)
     # this process imported prometheus_client without it: its values are not in files
     with pytest.raises(ConfigError, match="set after prometheus_client was imported"):
         worker_metrics.directory({worker_metrics.ENV: str(tmp_path)})
+
+
+# A worker whose metrics directory has gone (as on a full or lost disk): its copies fail, which
+# must never reach a call's end or a scrape. prometheus-client picks its multiprocess mode at
+# import, so this runs in a process of its own.
+LOST_DIRECTORY = """
+import logging, os, shutil, sys
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(message)s")
+from relay.metrics import Metrics
+from relay.outcomes import Outcome
+metrics = Metrics(lambda: [], lambda: 0, multiprocess_dir=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"])  # the live gauges' file cannot be made
+for _ in range(3):
+    metrics.call_ended(Outcome.CALLER_HUNG_UP)
+    body = metrics.exposition()
+print("scraped", type(body).__name__)
+"""
+
+
+def test_a_worker_whose_metrics_files_fail_goes_on_and_says_so_once(tmp_path: Path) -> None:
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    env = {**os.environ, worker_metrics.ENV: str(directory)}
+    done = subprocess.run([sys.executable, "-c", LOST_DIRECTORY], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("metrics not shared with the other workers") == 1, done.stdout
+    assert "scraped bytes" in done.stdout
