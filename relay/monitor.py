@@ -148,7 +148,9 @@ class Monitor:
         self.hook = call_ended
         self.hook_timeout = hook_timeout
         self._tool_names = tool_names
-        self._live: dict[str, CallWatch] = {}
+        # By stream, not CallSid: a call streamed again in this process has two for a moment,
+        # and a scrape must count both (a counter never goes back).
+        self._live: dict[int, CallWatch] = {}
         self._agent_sessions = 0
         self.metrics = Metrics(self._live.values, lambda: self._agent_sessions,
                                multiprocess_dir=worker_metrics.directory())
@@ -186,7 +188,9 @@ class Monitor:
         return list(self._live.values())
 
     def find(self, call_sid: str) -> CallWatch | None:
-        return self._live.get(call_sid)
+        """The call's newest live stream."""
+        return next((watch for watch in reversed(self._live.values())
+                     if watch.recorder.call_sid == call_sid), None)
 
     def recent(self) -> list[dict[str, Any]]:
         """Finished calls' records, newest first."""
@@ -213,15 +217,14 @@ class Monitor:
         self._changed = asyncio.Event()
 
     def _opened(self, watch: CallWatch) -> None:
-        self._live[watch.recorder.call_sid] = watch
+        self._live[id(watch)] = watch
         self._touch()
 
     def _closed(self, watch: CallWatch) -> None:
         recorder = watch.recorder
         assert recorder.outcome is not None
         # One step, so a scrape never counts these frames twice or not at all.
-        if self._live.get(recorder.call_sid) is watch:
-            del self._live[recorder.call_sid]
+        self._live.pop(id(watch), None)
         self.metrics.call_ended(recorder.outcome, watch.counters)
         self._touch()
         if recorder.started_at is None:

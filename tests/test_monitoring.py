@@ -26,6 +26,8 @@ from websockets.exceptions import ConnectionClosed
 
 from relay.call_control import end_call, transfer_call
 from relay.local.caller import SimulatedCall
+from relay.monitor import Monitor
+from relay.outcomes import Outcome
 from relay.record_log import read_records
 from relay.redaction import REDACTED
 from relay.security import twilio_signature
@@ -494,3 +496,42 @@ async def test_an_agent_drop_mid_call_is_counted_and_recorded_by_result(
     assert "agent.reconnected" in [e["event"] for e in record["events"]]
     if result == "new_session":
         assert len(record["agent_session_ids"]) == 2
+
+
+class StreamHandle:
+    """What the monitor reads of one stream: its frame counters (the bridge's, here plain)."""
+
+    def __init__(self, frames_to_agent: int) -> None:
+        self.counters = Counters(frames_to_agent)
+
+    def hang_up(self, *, now: bool) -> None:
+        pass
+
+
+class Counters:
+    def __init__(self, frames_to_agent: int) -> None:
+        self.frames_to_agent = frames_to_agent
+        self.frames_to_caller = self.dropped_before_ready = self.dropped_muted = 0
+
+
+async def test_both_streams_of_a_call_streamed_again_here_count_until_each_ends() -> None:
+    monitor = Monitor()
+    frames = ("relay_frames_total", frozenset({("direction", "to_agent")}))
+
+    def figures() -> Samples:
+        return {(s.name, frozenset(s.labels.items())): s.value for family in
+                text_string_to_metric_families(monitor.metrics.exposition().decode())
+                for s in family.samples}
+
+    async with monitor.running():
+        old, new = monitor.watch(StreamHandle(10)), monitor.watch(StreamHandle(3))
+        for watch in (old, new):  # the old stream still tears down when the new one starts
+            watch.started(call_sid="CA1", direction="inbound", caller="", called="")
+        assert figures()[frames] == 13
+        assert figures()[("relay_calls_active", frozenset())] == 2
+        assert monitor.find("CA1") is new
+        old.ended("Twilio stream failed; agent session kept", Outcome.STREAM_LOST)
+        assert figures()[frames] == 13  # a counter never goes back
+        assert monitor.find("CA1") is new and monitor.live() == [new]
+        new.ended("caller hung up", Outcome.CALLER_HUNG_UP)
+        assert figures()[frames] == 13 and monitor.live() == []
