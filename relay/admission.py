@@ -111,8 +111,12 @@ def places_name(call_sid: str, restream: int, open_here: set[str]) -> str:
     took (named by the CallSid); a re-stream, or any other stream open here, has its own."""
     if not restream and call_sid not in open_here:
         return call_sid
-    name = f"{call_sid}{RESTREAM_MARK}{restream}"
-    return name if name not in open_here else f"{name}.{len(open_here)}"
+    name = base = f"{call_sid}{RESTREAM_MARK}{restream}"
+    n = 1
+    while name in open_here:
+        n += 1
+        name = f"{base}.{n}"
+    return name
 
 
 def token_id(token: str) -> str:

@@ -80,7 +80,8 @@ class Metrics:
         # Several workers: the metric objects' files are merged, the registry is copied
         # (relay.worker_metrics), so the objects stay out of it (they would be counted twice).
         registry = self.registry if multiprocess_dir is None else None
-        self.calls = Counter("relay_calls", "Calls ended, by how they ended.", ["outcome"],
+        self.calls = Counter("relay_calls", "Calls ended, by how they ended (a stream lost and "
+                             "streamed again counts once more, as stream_lost).", ["outcome"],
                              registry=registry)
         for outcome in Outcome:  # every outcome is present from the start, at 0
             self.calls.labels(outcome.value)

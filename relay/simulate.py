@@ -332,10 +332,11 @@ async def simulate(options: Options, *, out: Callable[[str], None] = print) -> R
         posted_at = call.posted_at
         interrupted = False
         sent = 0  # frames of the caller's audio sent, over every stream of the call
+        keys = sorted(options.dtmf)  # the keys not pressed yet, over every stream
         while True:
             try:
                 hung_up_by, reason, sent = await _talk(call, listener, timeline, options,
-                                                       audio, sent)
+                                                       audio, keys, sent)
             except asyncio.CancelledError:  # Ctrl-C: hang up, keep the recording, then stop
                 interrupted = True
                 hung_up_by, reason = "caller", "interrupted"
@@ -412,12 +413,12 @@ async def _next_step(call: SimulatedCall, timeline: Timeline) -> NextStep | None
 
 
 async def _talk(call: SimulatedCall, listener: Listener, timeline: Timeline, options: Options,
-                audio: bytes, first: int = 0) -> tuple[str, str, int]:
-    """Send the caller's audio and keys in real time, from frame ``first``, until someone
-    hangs up: (who, why, the frames sent so far)."""
-    keys = [key for key in sorted(options.dtmf) if key[0] >= first * FRAME_SECONDS]
+                audio: bytes, keys: list[tuple[float, str]], first: int = 0,
+                ) -> tuple[str, str, int]:
+    """Send the caller's audio from frame ``first``, and ``keys`` (taken from the list as
+    they are pressed), in real time until someone hangs up: (who, why, the frames sent)."""
     frames = -(-len(audio) // FRAME_BYTES)
-    last_key = keys[-1][0] if keys else 0.0
+    last_key = max((at for at, _ in options.dtmf), default=0.0)
     limit = options.duration
     if limit is None:
         limit = max(frames * FRAME_SECONDS, last_key) + SAFETY_LIMIT

@@ -74,6 +74,8 @@ def test_each_stream_of_a_call_has_places_of_its_own() -> None:
     assert places_name("CA1", 1, set()) == "CA1#1"  # a re-stream, whoever held the first
     assert places_name("CA1", 0, {"CA1"}) == "CA1#0"  # a second webhook's stream
     assert places_name("CA1", 1, {"CA1", "CA1#1"}) == "CA1#1.2"
+    assert places_name("CA1", 0, {"CA1#0", "CA1#0.2"}) == "CA1"
+    assert places_name("CA1", 0, {"CA1", "CA1#0", "CA1#0.2"}) == "CA1#0.3"  # never a taken one
 
 
 @pytest.mark.anyio
