@@ -34,6 +34,11 @@ The map, in the order a call meets it::
       store.py             cross-call state behind one interface (``Store``), in memory
       redis_store.py       the same ``Store`` in Redis, shared by several instances
       fail_open.py         ``FailOpenStore``: limits and single-use checks pass while Redis fails
+      shared_state.py      what calls and instances share (``REDIS_URL``), and its lifespan
+      bus.py               messages between instances (Redis pub/sub), or within this process
+      call_directory.py    every instance's live calls: each stream's entry, leases, hang-ups
+      takeover.py          a call whose stream was lost, streamed again to resume its session
+      background.py        a task that runs for as long as a block does
       errors.py            the exception tree
       outcomes.py          how a call ended: one set of values for metrics, records, logs, report
       monitor.py           what the process knows of its calls: live list, metrics, records, hook

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, Metric
 from redis.exceptions import RedisError
 
+from relay.background import running_task
 from relay.bus import Bus, MemoryBus
 from relay.call_directory import CallDirectory
 from relay.config import Settings
@@ -102,13 +103,10 @@ class SharedState:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        task = asyncio.create_task(self.directory.run(), name="call directory")
         try:
-            yield
+            async with running_task(self.directory.run(), "call directory"):
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             for close in self._closers:
                 with contextlib.suppress(RedisError, OSError):
                     await close()

@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Iterator, MutableMapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from relay.background import running_task
 from relay.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -134,13 +135,10 @@ class Publisher:
     @contextlib.asynccontextmanager
     async def running(self, interval: float = PUBLISH_INTERVAL) -> AsyncIterator[None]:
         """Copies every ``interval`` seconds while the app runs, and once more at its end."""
-        task = asyncio.create_task(self._every(interval), name="publish metrics")
         try:
-            yield
+            async with running_task(self._every(interval), "publish metrics"):
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             self.publish()
 
     async def _every(self, interval: float) -> None:

@@ -274,3 +274,12 @@ class NetworkPath:
             self._open.discard(writer)
             with contextlib.suppress(OSError):
                 writer.close()
+
+
+async def audio_both_ways(call: SimulatedCall, session: AgentSession, payload: str) -> None:
+    """The caller's frame reaches the agent, and the agent's echo reaches the caller."""
+    heard = len(call.events("media"))
+    await call.send_media(payload)
+    echoed = await call.wait_for("media", heard + 1, timeout=3 * MS)
+    assert echoed[-1]["media"]["payload"] == payload
+    assert session.of_type("input.audio")[-1]["audio"] == payload

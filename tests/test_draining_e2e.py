@@ -28,7 +28,7 @@ from relay.draining import ACTION_GRACE
 from relay.local.caller import SimulatedCall
 from tests.conftest import AUTH_TOKEN, MS
 from tests.fakes import KEY, AgentSession, FakeAgent
-from tests.helpers import post_twiml, refused
+from tests.helpers import audio_both_ways, post_twiml, refused
 from tests.test_call_action import post_action, twilio_form
 
 pytestmark = pytest.mark.anyio
@@ -106,15 +106,6 @@ async def app_process(agent: FakeAgent, tmp_path: Path, **env: str) -> AsyncIter
 async def status(base_url: str, path: str) -> int:
     async with httpx.AsyncClient(timeout=2) as http:
         return (await http.get(base_url + path)).status_code
-
-
-async def audio_both_ways(call: SimulatedCall, session: AgentSession, payload: str) -> None:
-    """The caller's frame reaches the agent, and the agent's echo reaches the caller."""
-    heard = len(call.events("media"))
-    await call.send_media(payload)
-    echoed = await call.wait_for("media", heard + 1, timeout=3 * MS)
-    assert echoed[-1]["media"]["payload"] == payload
-    assert session.of_type("input.audio")[-1]["audio"] == payload
 
 
 async def test_sigterm_during_a_call_drains_and_exits_0_when_the_call_ends(tmp_path) -> None:

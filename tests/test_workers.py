@@ -21,8 +21,8 @@ from relay.draining import ACTION_GRACE
 from relay.local.caller import SimulatedCall
 from relay.worker_metrics import PUBLISH_INTERVAL
 from tests.conftest import MS
-from tests.fakes import KEY, AgentSession, FakeAgent
-from tests.helpers import eventually, post_twiml, refused
+from tests.fakes import KEY, FakeAgent
+from tests.helpers import audio_both_ways, eventually, post_twiml, refused
 from tests.instances import RelayProcess, alive
 
 PROMTOOL = shutil.which("promtool")
@@ -99,15 +99,6 @@ def agent_env(agent: FakeAgent, **env: str) -> dict[str, str]:
             "AGENT_WS_URL": agent.url, "AGENT_GREETING": "", **env}
 
 
-async def audio_both_ways(call: SimulatedCall, session: AgentSession, payload: str) -> None:
-    """The caller's frame reaches the agent, and the agent's echo reaches the caller."""
-    heard = len(call.events("media"))
-    await call.send_media(payload)
-    echoed = await call.wait_for("media", heard + 1, timeout=3 * MS)
-    assert echoed[-1]["media"]["payload"] == payload
-    assert session.of_type("input.audio")[-1]["audio"] == payload
-
-
 async def status(base_url: str, path: str) -> int:
     async with httpx.AsyncClient(timeout=2) as http:
         return (await http.get(base_url + path)).status_code
@@ -167,17 +158,22 @@ def send_ctrl_c(relay: RelayProcess) -> None:
             os.kill(pid, signal.SIGINT)
 
 
+async def two_workers(make_instance: Callable[..., RelayProcess], agent: FakeAgent,
+                      ) -> tuple[RelayProcess, list[int], asyncio.subprocess.Process]:
+    """``python app.py`` with two workers, both serving: the relay, their pids, the parent."""
+    relay = make_instance(**agent_env(agent, DRAIN_SECONDS="60"))
+    await relay.start()
+    await relay.wait_for_log(r"Started server process", count=2)
+    assert relay.proc is not None
+    return relay, relay.worker_pids(), relay.proc
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("how", ["sigterm", "ctrl_c"])
 async def test_a_second_signal_ends_every_worker_at_once(
         make_instance: Callable[..., RelayProcess], how: str) -> None:
     async with FakeAgent(echo=True).running() as agent:
-        relay = make_instance(**agent_env(agent, DRAIN_SECONDS="60"))
-        await relay.start()
-        await relay.wait_for_log(r"Started server process", count=2)
-        workers = relay.worker_pids()
-        proc = relay.proc
-        assert proc is not None
+        relay, workers, proc = await two_workers(make_instance, agent)
         signal_all = (lambda: proc.send_signal(signal.SIGTERM)) if how == "sigterm" else (
             lambda: send_ctrl_c(relay))
         async with SimulatedCall.dial(relay.base_url) as call:
@@ -199,12 +195,7 @@ async def test_a_second_signal_ends_every_worker_at_once(
 async def test_two_signals_at_once_end_every_worker_at_once(
         make_instance: Callable[..., RelayProcess]) -> None:
     async with FakeAgent(echo=True).running() as agent:
-        relay = make_instance(**agent_env(agent, DRAIN_SECONDS="60"))
-        await relay.start()
-        await relay.wait_for_log(r"Started server process", count=2)
-        workers = relay.worker_pids()
-        proc = relay.proc
-        assert proc is not None
+        relay, workers, proc = await two_workers(make_instance, agent)
         async with SimulatedCall.dial(relay.base_url) as call:
             await (await agent.session()).ready.wait()
             # Both within one tick of the parent's loop (two signals of one kind would merge
