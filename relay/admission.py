@@ -43,7 +43,7 @@ from relay.config import Settings
 from relay.masking import mask_number
 from relay.outcomes import Outcome
 from relay.security import StreamTokens
-from relay.store import MemoryStore, Store
+from relay.store import UNLIMITED, MemoryStore, Store
 
 log = logging.getLogger("relay.admission")
 
@@ -56,7 +56,6 @@ CALL_KEY = "stream-call:"
 # count too, is a lease of CALL_LEASE seconds instead, renewed while the call lives.
 SLOT_MARGIN = 60.0
 RESTREAM_MARK = "#"  # between a CallSid and its re-stream's number, in the name of its places
-UNLIMITED = 1 << 30  # the limit of a renewal: a place already held is never refused
 # How one hit reaches the rate limiter (the shared store's guard fails it open).
 Limited = Callable[[Callable[[], Awaitable[bool]]], Awaitable[bool]]
 

@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import orjson
 
 from relay.bus import Bus
-from relay.store import Store
+from relay.store import UNLIMITED, Store
 
 log = logging.getLogger(__name__)
 POOL = "live"
@@ -49,7 +49,6 @@ KEY_PREFIX = "live:"
 HANGUP_CHANNEL = "hangup"
 # Well above a renewal period, well inside the agent's 30 s resume grace window.
 DEFAULT_LEASE = 15.0
-UNBOUNDED = 1 << 30
 
 
 class HangUp(Protocol):
@@ -147,8 +146,7 @@ class CallDirectory:
             if entry is None:
                 return
             self._mine[call_sid] = entry = replace(entry, **changes)
-            await self.store.put_marked(KEY_PREFIX + call_sid, entry.mark, entry.to_json(),
-                                        self.lease)
+            await self._put_own(entry)
 
     async def remove(self, call_sid: str, holder: str, *, keep: bool = False,
                      **last: Any) -> bool:
@@ -168,9 +166,7 @@ class CallDirectory:
             self._hang_ups.pop(call_sid, None)
             self._moved.discard(holder)
             if keep:
-                entry = replace(entry, **last)
-                return await self.store.put_marked(KEY_PREFIX + call_sid, entry.mark,
-                                                   entry.to_json(), self.lease)
+                return await self._put_own(replace(entry, **last))
             # Only if no other stream (here or elsewhere) has written the call's entry since.
             if not await self.store.delete_marked(KEY_PREFIX + call_sid, entry.mark):
                 return False  # (an entry that expired meanwhile is nobody's: True)
@@ -219,13 +215,17 @@ class CallDirectory:
         """Write the call's entry: ``claim`` it (a stream that starts or takes the call over),
         or renew it unless another stream has written it since (an entry that expired, as
         in a store outage, is written back). False when another stream holds the call."""
-        key, value = KEY_PREFIX + entry.call_sid, entry.to_json()
         if claim:
-            await self.store.put(key, value, self.lease)
-        elif not await self.store.put_marked(key, entry.mark, value, self.lease):
+            await self.store.put(KEY_PREFIX + entry.call_sid, entry.to_json(), self.lease)
+        elif not await self._put_own(entry):
             return False
-        await self.store.acquire(POOL, entry.call_sid, limit=UNBOUNDED, ttl=self.lease)
+        await self.store.acquire(POOL, entry.call_sid, limit=UNLIMITED, ttl=self.lease)
         return True
+
+    async def _put_own(self, entry: LiveEntry) -> bool:
+        """Write the entry unless another stream holds the call (False then)."""
+        return await self.store.put_marked(KEY_PREFIX + entry.call_sid, entry.mark,
+                                           entry.to_json(), self.lease)
 
     async def renew(self) -> None:
         """One renewal of every lease of this instance's calls."""

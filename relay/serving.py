@@ -186,15 +186,19 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
             # The peer went silent (a line cut without FIN or RST): the connection is lost,
             # 1006, not closed (uvicorn's connection_lost would say 1005, as for a hang-up).
             if self.handshake_complete:
-                self.queue.put_nowait({"type": "websocket.disconnect", "code": 1006})
+                self._report_lost()
             self.transport.abort()  # a dead peer never takes the buffered data: do not wait
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.handshake_complete and not self.close_sent and self.conn.close_rcvd is None:
             # Lost without a close frame: 1006 (RFC 6455 §7.1.5). uvicorn reports 1005, which
             # is also what a close frame without a code gives, so a drop would read as a hang-up.
-            self.queue.put_nowait({"type": "websocket.disconnect", "code": 1006})
+            self._report_lost()
         super().connection_lost(exc)
+
+    def _report_lost(self) -> None:
+        """Tell the app its stream was lost, not closed: 1006 (RFC 6455 §7.1.5)."""
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": 1006})
 
     def send_receive_event_to_app(self) -> None:
         on_text = self.on_text

@@ -14,6 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+# A limit no pool reaches: the limit of a renewal, so that a slot already held is never refused.
+UNLIMITED = 1 << 30
+
 
 class Store(Protocol):
     async def put(self, key: str, value: str, ttl: float) -> None:

@@ -99,6 +99,12 @@ async def live_entry(client: aioredis.Redis, call_sid: str) -> dict[str, object]
     return orjson.loads(raw) if raw else None
 
 
+async def session_kept(client: aioredis.Redis, call_sid: str, session_id: str | None) -> bool:
+    """The call's entry holds its agent session (what another instance resumes)."""
+    entry = await live_entry(client, call_sid)
+    return entry is not None and entry["session_id"] == session_id
+
+
 async def held(client: aioredis.Redis, call_sid: str) -> bool:
     """The call has its entry and its slot in the live-call directory."""
     slot = await client.zscore("relay:slots:live", call_sid)
@@ -131,11 +137,9 @@ async def test_webhook_on_one_instance_and_stream_on_the_other(
         await session.ready.wait()
         await echoed(call, bytes(range(160)), 5 * MS)
 
-        async def session_kept() -> bool:  # written once the session is ready, not before
-            entry = await live_entry(redis_client, call.call_sid)
-            return entry is not None and entry["session_id"] == session.session_id
-
-        await eventually(session_kept, 3 * MS)
+        # written once the session is ready, not before
+        await eventually(lambda: session_kept(redis_client, call.call_sid, session.session_id),
+                         3 * MS)
         entry = await live_entry(redis_client, call.call_sid)  # held by B, for everyone
         assert entry is not None and b.proc is not None
         assert f":{b.proc.pid}:" in str(entry["instance"])
@@ -291,11 +295,7 @@ async def test_sigkill_of_the_instance_holding_a_call_resumes_it_on_the_survivor
         session_id = agent.sessions[0].session_id
         assert session_id is not None
 
-        async def session_kept() -> bool:
-            entry = await live_entry(redis_client, call.call_sid)
-            return entry is not None and entry["session_id"] == session_id
-
-        await eventually(session_kept, 3 * MS)
+        await eventually(lambda: session_kept(redis_client, call.call_sid, session_id), 3 * MS)
         await b.kill()  # the instance holding the stream dies: no outcome, no goodbye
         killed = time.monotonic()
         await call.wait_closed(5 * MS)
@@ -331,11 +331,7 @@ async def test_a_frozen_instance_that_wakes_after_its_call_moved_leaves_the_new_
         await echoed(call, bytes(range(160)), 5 * MS)
         session_id = agent.sessions[0].session_id
 
-        async def session_kept() -> bool:
-            entry = await live_entry(redis_client, call.call_sid)
-            return entry is not None and entry["session_id"] == session_id
-
-        await eventually(session_kept, 3 * MS)
+        await eventually(lambda: session_kept(redis_client, call.call_sid, session_id), 3 * MS)
         b.freeze()  # B stalls with the call: Twilio's side of its stream is lost meanwhile
         try:
             call.ws.transport.abort()
