@@ -142,7 +142,6 @@ class CallBridge:
         self._tokens = tokens
         self._purpose = purpose
         self._open_stream = open_stream
-        self.opened_call_sid: str | None = None  # set once open_stream admitted this stream
         self.places: str | None = None  # what open_stream holds for it, until close_stream
         self._holder = new_holder()  # this stream, in its call's live-call entry
         self._token = self._call_sid = ""
@@ -233,17 +232,15 @@ class CallBridge:
 
     async def _open_session(self) -> None:
         """Admit the stream (its token opens one stream only), then send the session.update."""
+        info = self.protocol.info
         if self._open_stream is not None:
-            info = self.protocol.info
             again = restreams(info.parameters) if info is not None else 0
             self.places = await self._open_stream(self._call_sid, self._token, again)
             if self.places is None:
                 raise CallEnded("stream rejected: its token already opened a stream", 1008,
                                 Outcome.REFUSED_UNAUTHORIZED)
-            self.opened_call_sid = self._call_sid
         assert self._call is not None
         self._call_started(self._call)
-        info = self.protocol.info
         if info is not None and restreams(info.parameters) and self._directory is not None:
             entry = await self._directory.find(self._call_sid)
             if entry is not None and entry.session_id:
@@ -331,6 +328,11 @@ class CallBridge:
                       extra={"event": "call.started", "direction": call.direction})
         self.watch.started(call_sid=call.call_sid, direction=call.direction, caller=call.caller,
                            called=call.called)
+
+    @property
+    def opened_call_sid(self) -> str | None:
+        """The Twilio call of this stream, once ``open_stream`` admitted it."""
+        return self._call_sid if self.places is not None else None
 
     def _lost_or(self, ended: CallEnded) -> CallEnded:
         """``ended``, or ``stream_lost`` when the call's next stream will want its session."""

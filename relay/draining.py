@@ -77,7 +77,8 @@ def drain_step(times: DrainTimes, *, now: float, started: float, active: int,
 
 
 class Endable(Protocol):
-    opened_call_sid: str | None  # the Twilio call of the stream, once admitted
+    @property
+    def opened_call_sid(self) -> str | None: ...  # the Twilio call of the stream, once admitted
 
     def say_goodbye_and_end(self, instructions: str, reason: str, outcome: Outcome) -> None: ...
 
